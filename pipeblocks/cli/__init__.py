@@ -1,0 +1,1 @@
+"""Command-line front end (``pipeblocks`` and ``python -m pipeblocks``)."""

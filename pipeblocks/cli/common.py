@@ -1,0 +1,83 @@
+"""Shared pieces of the command line: spec and cost options, JSON output, error exits.
+
+Exit codes: 0 success, 1 invalid input (a schedule or file that breaks a rule), 2 usage
+(bad arguments). Library errors become one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from pipeblocks.errors import SpecError
+from pipeblocks.sim.costs import UniformCosts
+
+__all__ = ["add_spec_args", "add_cost_args", "parse_cost", "emit_json", "die", "positive_int"]
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1, with a message that names the value."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
+    return value
+
+
+def add_spec_args(parser: argparse.ArgumentParser, *, name: bool = True) -> None:
+    """NAME -p P -m M [--stages-per-rank V]."""
+    if name:
+        parser.add_argument("name", metavar="NAME", help="generator name (see `pipeblocks list`)")
+    parser.add_argument("-p", "--ranks", dest="p", type=positive_int, required=True,
+                        help="number of pipeline ranks (devices)")
+    parser.add_argument("-m", "--microbatches", dest="m", type=positive_int, required=True,
+                        help="number of microbatches per step")
+    parser.add_argument("--stages-per-rank", dest="v", type=positive_int, default=None,
+                        help="model chunks per rank (default: what the generator needs)")
+
+
+def add_cost_args(parser: argparse.ArgumentParser) -> None:
+    """--cost f=..,b=..,w=..,comm=.."""
+    parser.add_argument(
+        "--cost", default=None, metavar="f=F,b=B,w=W,comm=C",
+        help="uniform per-rank times of one microbatch's F, B, W and one transfer "
+        "(default f=1,b=1,w=1,comm=0)",
+    )
+
+
+def parse_cost(text: str | None) -> UniformCosts:
+    """``f=3,b=4,w=2,comm=0.5`` -> UniformCosts; unknown keys and bad numbers are SpecErrors."""
+    if not text:
+        return UniformCosts()
+    fields: dict[str, float] = {}
+    allowed = ("f", "b", "w", "comm", "mem_f", "mem_w")
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        k, sep, v = part.partition("=")
+        k = k.strip()
+        if not sep or k not in allowed:
+            raise SpecError(
+                f"--cost item {part!r} is not KEY=NUMBER with KEY in {', '.join(allowed)}; "
+                f"write e.g. --cost f=1,b=2,w=1,comm=0.1"
+            )
+        try:
+            fields[k] = float(v)
+        except ValueError:
+            raise SpecError(f"--cost {k}={v!r} is not a number") from None
+    return UniformCosts(**fields)  # type: ignore[arg-type]
+
+
+def emit_json(obj: Any) -> None:
+    """Print one JSON object on one line (the last line of stdout, for scripts)."""
+    print(json.dumps(obj, sort_keys=False, default=str))
+
+
+def die(message: str, code: int = 1) -> int:
+    """Print ``pipeblocks: error: message`` on stderr and return ``code``."""
+    print(f"pipeblocks: error: {message}", file=sys.stderr)
+    return code

@@ -1,0 +1,129 @@
+"""The registry of schedule generators, by name.
+
+A generator is a pure function ``spec -> Schedule`` registered with the placement it needs and
+the stages per rank it takes by default. Family modules register themselves on import; this
+package imports every module beside it, so a new family needs no edit here.
+
+    >>> sorted(names())[:3]
+    ['1f1b', '1f1b-v', 'dualpipe-v']
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pipeblocks.errors import SpecError
+from pipeblocks.ir.schedule import Schedule
+from pipeblocks.ir.spec import PipelineSpec, Placement
+
+__all__ = ["Generator", "register", "get", "names", "generators", "generate"]
+
+GenerateFn = Callable[[PipelineSpec], Schedule]
+
+
+@dataclass(frozen=True, slots=True)
+class Generator:
+    """A named schedule family.
+
+    ``stages_per_rank`` is the default v; ``fixed_stages_per_rank`` says v cannot change.
+    """
+
+    name: str
+    fn: GenerateFn
+    placement: Placement
+    stages_per_rank: int
+    fixed_stages_per_rank: bool
+    summary: str
+    source: str
+
+    def spec(
+        self, num_ranks: int, num_microbatches: int, stages_per_rank: int | None = None
+    ) -> PipelineSpec:
+        """The spec this generator runs on, with its default stages per rank."""
+        v = self.stages_per_rank if stages_per_rank is None else stages_per_rank
+        if self.fixed_stages_per_rank and v != self.stages_per_rank:
+            raise SpecError(
+                f"{self.name} needs stages_per_rank == {self.stages_per_rank} (got {v}); "
+                f"drop --stages-per-rank or set it to {self.stages_per_rank}"
+            )
+        return PipelineSpec(num_ranks, num_microbatches, v, self.placement)
+
+    def __call__(self, spec: PipelineSpec) -> Schedule:
+        if spec.placement is not self.placement:
+            raise SpecError(
+                f"{self.name} needs placement '{self.placement.value}' (got "
+                f"'{spec.placement.value}'); build the spec with Generator.spec()"
+            )
+        self.spec(spec.num_ranks, spec.num_microbatches, spec.stages_per_rank)
+        return self.fn(spec).renamed(self.name)
+
+
+_REGISTRY: dict[str, Generator] = {}
+
+
+def register(
+    name: str,
+    *,
+    placement: Placement = Placement.LOOP,
+    stages_per_rank: int = 1,
+    fixed_stages_per_rank: bool = True,
+    summary: str = "",
+    source: str = "",
+) -> Callable[[GenerateFn], GenerateFn]:
+    """Decorator: add ``fn`` to the registry under ``name``."""
+
+    def deco(fn: GenerateFn) -> GenerateFn:
+        if name in _REGISTRY:
+            raise SpecError(f"generator {name!r} is registered twice")
+        doc = (fn.__doc__ or "").strip().split("\n", 1)[0]
+        _REGISTRY[name] = Generator(
+            name, fn, placement, stages_per_rank, fixed_stages_per_rank, summary or doc, source
+        )
+        return fn
+
+    return deco
+
+
+def get(name: str) -> Generator:
+    """The generator called ``name``; an unknown name lists the known ones."""
+    _load()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _REGISTRY, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise SpecError(
+            f"unknown schedule {name!r}; {hint}known: {', '.join(sorted(_REGISTRY))}"
+        ) from None
+
+
+def names() -> list[str]:
+    """Every registered name, in registration order."""
+    _load()
+    return list(_REGISTRY)
+
+
+def generators() -> list[Generator]:
+    _load()
+    return list(_REGISTRY.values())
+
+
+def generate(
+    name: str, num_ranks: int, num_microbatches: int, stages_per_rank: int | None = None
+) -> Schedule:
+    """Make the schedule ``name`` for p ranks and m microbatches (v defaults per generator)."""
+    gen = get(name)
+    return gen(gen.spec(num_ranks, num_microbatches, stages_per_rank))
+
+
+def _load() -> None:
+    import importlib
+    import pkgutil
+
+    import pipeblocks.generators as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name not in ("registry",):
+            importlib.import_module(f"{pkg.__name__}.{info.name}")

@@ -1,0 +1,65 @@
+"""Passes and actions: the cells of a schedule.
+
+An :class:`Action` is one pass of one stage on one microbatch. Its text form is
+``<stage><letter><mb>`` with our letters ``F``, ``B`` (input gradient), ``W`` (weight gradient)
+and ``BW`` (fused backward)::
+
+    >>> a = Action.parse("3B5")
+    >>> a.stage, a.kind, a.mb
+    (3, <Pass.B: 'B'>, 5)
+    >>> str(Action(0, Pass.BW, 2))
+    '0BW2'
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+from pipeblocks.errors import SpecError
+
+__all__ = ["Pass", "Action"]
+
+
+class Pass(enum.Enum):
+    """The kind of a pass. B is the gradient w.r.t. the stage's inputs, W w.r.t. its weights."""
+
+    F = "F"
+    B = "B"
+    W = "W"
+    BW = "BW"
+
+    @property
+    def frees_input_grad(self) -> bool:
+        """True for the passes that produce the gradient sent to the previous stage (B, BW)."""
+        return self in (Pass.B, Pass.BW)
+
+
+_ACTION_RE = re.compile(r"^(\d+)(BW|F|B|W)(\d+)$")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Action:
+    """One pass (``kind``) of global stage ``stage`` on microbatch ``mb``."""
+
+    stage: int
+    kind: Pass
+    mb: int
+
+    def __str__(self) -> str:
+        return f"{self.stage}{self.kind.value}{self.mb}"
+
+    def short(self, with_stage: bool = True) -> str:
+        """Cell text for grids: ``3F5`` or, where the rank holds one stage, ``F5``."""
+        return str(self) if with_stage else f"{self.kind.value}{self.mb}"
+
+    @classmethod
+    def parse(cls, text: str) -> Action:
+        """Read ``<stage><letter><mb>`` (our letters F, B, W, BW)."""
+        m = _ACTION_RE.match(text.strip())
+        if not m:
+            raise SpecError(
+                f"action {text!r} is not <stage><F|B|W|BW><microbatch>; write e.g. '0F3' or '2BW1'"
+            )
+        return cls(int(m.group(1)), Pass(m.group(2)), int(m.group(3)))

@@ -1,0 +1,63 @@
+"""ASCII grids of schedules, for people and for error messages.
+
+One row per rank, one column per program position (not a time axis: see
+:mod:`pipeblocks.visual` for timed pictures). Where a rank holds one stage the cell is
+``<letter><mb>``, else ``<stage><letter><mb>``. A marked cell is shown as ``[cell]``.
+
+    >>> from pipeblocks.ir import Action, Pass, PipelineSpec, Schedule
+    >>> spec = PipelineSpec(num_ranks=2, num_microbatches=2)
+    >>> progs = ((Action(0, Pass.F, 0), Action(0, Pass.F, 1)), (Action(1, Pass.F, 0),))
+    >>> print(grid(Schedule(spec, progs), mark=(1, 0)))
+    rank 0 | F0 F1
+    rank 1 |[F0]
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeblocks.ir.schedule import Schedule
+
+__all__ = ["grid"]
+
+_MAX_COLUMNS = 64
+
+
+def grid(schedule: Schedule, mark: tuple[int, int] | None = None, max_columns: int = 0) -> str:
+    """Render ``schedule``; ``mark=(rank, position)`` brackets one cell.
+
+    ``max_columns`` > 0 shows only a window of that many positions around the mark (or the
+    start), so error messages stay readable for long programs.
+    """
+    with_stage = schedule.spec.stages_per_rank > 1
+    cells = [[a.short(with_stage) for a in prog] for prog in schedule.programs]
+    width = max((len(c) for row in cells for c in row), default=1)
+    lo, hi = 0, max((len(r) for r in cells), default=0)
+    if max_columns > 0 and hi > max_columns:
+        center = mark[1] if mark else 0
+        lo = max(0, min(center - max_columns // 2, hi - max_columns))
+        hi = lo + max_columns
+    label_w = len(f"rank {schedule.spec.num_ranks - 1}")
+    lines = []
+    for rank, row in enumerate(cells):
+        parts = []
+        after_mark = False
+        for pos in range(lo, min(hi, len(row))):
+            text = row[pos].rjust(width)
+            if mark == (rank, pos):
+                parts.append(f"[{text}]")
+                after_mark = True
+            else:
+                parts.append(text if after_mark else f" {text}")
+                after_mark = False
+        prefix = "... " if lo > 0 else ""
+        suffix = " ..." if hi < len(row) else ""
+        line = f"{f'rank {rank}'.ljust(label_w)} |{prefix}{''.join(parts)}{suffix}"
+        lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+def error_grid(schedule: Schedule, mark: tuple[int, int] | None) -> str:
+    """The grid used inside :class:`~pipeblocks.errors.ScheduleError` (a window of columns)."""
+    return grid(schedule, mark=mark, max_columns=_MAX_COLUMNS)

@@ -1,0 +1,68 @@
+"""The schedule: a spec plus one ordered program of actions per rank.
+
+A schedule is data. Idle time is not stored (no ``None`` cells): it comes out of the simulator.
+
+    >>> from pipeblocks.ir import Action, Pass, PipelineSpec, Schedule
+    >>> spec = PipelineSpec(num_ranks=2, num_microbatches=1)
+    >>> s = Schedule(spec, (
+    ...     (Action(0, Pass.F, 0), Action(0, Pass.BW, 0)),
+    ...     (Action(1, Pass.F, 0), Action(1, Pass.BW, 0)),
+    ... ), name="tiny")
+    >>> print(s)
+    rank 0 |  F0 BW0
+    rank 1 |  F0 BW0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from pipeblocks.errors import SpecError
+from pipeblocks.ir.actions import Action
+from pipeblocks.ir.spec import PipelineSpec
+
+__all__ = ["Schedule"]
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """``programs[r]`` is rank r's ordered tuple of actions; ``name`` says where it came from."""
+
+    spec: PipelineSpec
+    programs: tuple[tuple[Action, ...], ...]
+    name: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        progs = tuple(tuple(p) for p in self.programs)
+        object.__setattr__(self, "programs", progs)
+        if len(progs) != self.spec.num_ranks:
+            raise SpecError(
+                f"a schedule needs one program per rank: {self.spec.num_ranks} ranks but "
+                f"{len(progs)} programs"
+            )
+
+    @classmethod
+    def from_lists(
+        cls, spec: PipelineSpec, programs: Sequence[Iterable[Action]], name: str = ""
+    ) -> Schedule:
+        """Build from any per-rank iterables of actions."""
+        return cls(spec, tuple(tuple(p) for p in programs), name)
+
+    @property
+    def num_actions(self) -> int:
+        return sum(len(p) for p in self.programs)
+
+    def actions(self) -> Iterator[tuple[int, int, Action]]:
+        """Every ``(rank, position, action)`` in program order, rank by rank."""
+        for rank, prog in enumerate(self.programs):
+            for pos, a in enumerate(prog):
+                yield rank, pos, a
+
+    def renamed(self, name: str) -> Schedule:
+        return Schedule(self.spec, self.programs, name)
+
+    def __str__(self) -> str:
+        from pipeblocks.ir.ascii import grid
+
+        return grid(self)
