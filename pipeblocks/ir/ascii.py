@@ -31,20 +31,22 @@ def grid(schedule: Schedule, mark: tuple[int, int] | None = None, max_columns: i
     start), so error messages stay readable for long programs.
     """
     with_stage = schedule.spec.stages_per_rank > 1
-    cells = [[a.short(with_stage) for a in prog] for prog in schedule.programs]
-    width = max((len(c) for row in cells for c in row), default=1)
-    lo, hi = 0, max((len(r) for r in cells), default=0)
+    programs = schedule.programs
+    lo, hi = 0, max((len(p) for p in programs), default=0)
     if max_columns > 0 and hi > max_columns:
         center = mark[1] if mark else 0
         lo = max(0, min(center - max_columns // 2, hi - max_columns))
         hi = lo + max_columns
+    # Only the shown window is formatted: error grids of p=64, m=512 schedules stay cheap.
+    cells = [[a.short(with_stage) for a in prog[lo:hi]] for prog in programs]
+    width = max((len(c) for row in cells for c in row), default=1)
     label_w = len(f"rank {schedule.spec.num_ranks - 1}")
     lines = []
-    for rank, row in enumerate(cells):
+    for rank, (prog, row) in enumerate(zip(programs, cells, strict=True)):
         parts = []
         after_mark = False
-        for pos in range(lo, min(hi, len(row))):
-            text = row[pos].rjust(width)
+        for pos in range(lo, lo + len(row)):
+            text = row[pos - lo].rjust(width)
             if mark == (rank, pos):
                 parts.append(f"[{text}]")
                 after_mark = True
@@ -52,7 +54,7 @@ def grid(schedule: Schedule, mark: tuple[int, int] | None = None, max_columns: i
                 parts.append(text if after_mark else f" {text}")
                 after_mark = False
         prefix = "... " if lo > 0 else ""
-        suffix = " ..." if hi < len(row) else ""
+        suffix = " ..." if hi < len(prog) else ""
         line = f"{f'rank {rank}'.ljust(label_w)} |{prefix}{''.join(parts)}{suffix}"
         lines.append(line.rstrip())
     return "\n".join(lines)

@@ -19,7 +19,6 @@ does each pass run?) use the same traversal.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -60,48 +59,154 @@ class Blocked:
 
 Visit = Callable[[int, int, Action, tuple[tuple[int, Action], ...]], None]
 
+# Why the loops below do not call needs(): hashing an Action runs Python code (dataclass and
+# enum __hash__), which made the validator spend seconds on p=64, m=512. The general loop keys
+# dependencies by plain tuples (0 = F done or 1 = input gradient done, stage, mb), hashed in C
+# and exact for any index. When no visit is asked for and every index lies in the spec, the
+# packed loop keys them by q = stage * m + mb into two bytearrays, about twice as fast again.
+_F, _B, _W = Pass.F, Pass.B, Pass.W
+
 
 def walk(schedule: Schedule, visit: Visit | None = None) -> list[Blocked]:
     """List-execute ``schedule``; return the ranks left blocked (empty when it finishes).
 
     ``visit(rank, position, action, deps)`` is called once per action in an order that respects
-    every dependency; ``deps`` holds ``(rank, action)`` of each dependency that ran. The caller
-    must have checked that every key is produced at most once (the validator does).
+    every dependency; ``deps`` holds ``(rank, key)`` of each dependency that ran, in the order
+    :func:`needs` gives. The caller must have checked that every key is produced at most once
+    (the validator does). Each rank runs as far as it can before the next; the final positions
+    do not depend on that order (running a pass never stops another from running).
     """
-    num_stages = schedule.spec.num_stages
+    if visit is None and _packable(schedule):
+        pos = _advance_packed(schedule)
+    else:
+        pos = _advance(schedule, visit)
+    return _blocked(schedule, pos)
+
+
+def _packable(schedule: Schedule) -> bool:
+    """Every index lies in the spec, and the spec is not vastly larger than the programs (the
+    packed state takes 2 bytes per (stage, microbatch))."""
+    num_stages, m = schedule.spec.num_stages, schedule.spec.num_microbatches
+    if num_stages * m > 8 * schedule.num_actions + 4096:
+        return False
+    for prog in schedule.programs:
+        if prog and not (
+            0 <= min(a.stage for a in prog) and max(a.stage for a in prog) < num_stages
+            and 0 <= min(a.mb for a in prog) and max(a.mb for a in prog) < m
+        ):
+            return False
+    return True
+
+
+def _advance(schedule: Schedule, visit: Visit | None) -> list[int]:
+    """The general list execution; returns each rank's final position."""
+    last = schedule.spec.num_stages - 1
     programs = schedule.programs
-    done: dict[Action, int] = {}  # dependency key -> rank that ran it
-    waiting: dict[Action, list[int]] = defaultdict(list)
+    done: dict[tuple[int, int, int], int] = {}  # dependency key -> rank that ran it
+    waiting: dict[tuple[int, int, int], list[int]] = {}
     pos = [0] * len(programs)
     ready = list(range(len(programs)))
     while ready:
         rank = ready.pop()
         prog = programs[rank]
-        while pos[rank] < len(prog):
-            action = prog[pos[rank]]
-            deps = []
+        i, n = pos[rank], len(prog)
+        while i < n:
+            action = prog[i]
+            s, j, kind = action.stage, action.mb, action.kind
+            if kind is _F:
+                first = (0, s - 1, j) if s > 0 else None
+                second = None
+                mine = (0, s, j)
+            elif kind is _W:
+                first, second, mine = (1, s, j), None, (2, s, j)
+            else:  # B or BW: the input-gradient pass
+                first = (0, s, j)
+                second = (1, s + 1, j) if s != last else None
+                mine = (1, s, j)
             missing = None
-            for need in needs(action, num_stages):
-                where = done.get(need)
-                if where is None:
-                    missing = need
-                    break
-                deps.append((where, need))
+            if first is not None and first not in done:
+                missing = first
+            elif second is not None and second not in done:
+                missing = second
             if missing is not None:
-                waiting[missing].append(rank)
+                waiting.setdefault(missing, []).append(rank)
                 break
             if visit is not None:
-                visit(rank, pos[rank], action, tuple(deps))
-            k = key(action)
-            done[k] = rank
-            pos[rank] += 1
-            woken = waiting.pop(k, None)
+                deps = tuple((done[k], _action(k)) for k in (first, second) if k is not None)
+                visit(rank, i, action, deps)
+            done[mine] = rank
+            i += 1
+            woken = waiting.pop(mine, None)
             if woken:
                 ready.extend(woken)
+        pos[rank] = i
+    return pos
+
+
+def _advance_packed(schedule: Schedule) -> list[int]:
+    """The same execution for in-range schedules, state in bytearrays (see the note above)."""
+    m = schedule.spec.num_microbatches
+    last = schedule.spec.num_stages - 1
+    programs = schedule.programs
+    f_done = bytearray(schedule.spec.num_stages * m)  # the F of q = stage * m + mb ran
+    b_done = bytearray(len(f_done))  # the B or BW of (stage, mb) ran
+    waiting: dict[int, list[int]] = {}  # q: waits for F(q); ~q: for the backward of q
+    pos = [0] * len(programs)
+    ready = list(range(len(programs)))
+    while ready:
+        rank = ready.pop()
+        prog = programs[rank]
+        i, n = pos[rank], len(prog)
+        while i < n:
+            a = prog[i]
+            s, kind = a.stage, a.kind
+            q = s * m + a.mb
+            if kind is _F:
+                if s and not f_done[q - m]:
+                    waiting.setdefault(q - m, []).append(rank)
+                    break
+                f_done[q] = 1
+                woken = waiting.pop(q, None)
+            elif kind is _W:
+                if not b_done[q]:
+                    waiting.setdefault(~q, []).append(rank)
+                    break
+                woken = None
+            else:  # B or BW
+                if not f_done[q]:
+                    waiting.setdefault(q, []).append(rank)
+                    break
+                if s != last and not b_done[q + m]:
+                    waiting.setdefault(~(q + m), []).append(rank)
+                    break
+                b_done[q] = 1
+                woken = waiting.pop(~q, None)
+            i += 1
+            if woken:
+                ready.extend(woken)
+        pos[rank] = i
+    return pos
+
+
+def _blocked(schedule: Schedule, pos: list[int]) -> list[Blocked]:
+    """Each rank that stopped early, its head and the first dependency that head lacks."""
+    programs = schedule.programs
+    if all(p == len(prog) for p, prog in zip(pos, programs, strict=True)):
+        return []
+    done = {_tuple(key(a)) for rank, prog in enumerate(programs) for a in prog[: pos[rank]]}
+    num_stages = schedule.spec.num_stages
     blocked = []
     for rank, prog in enumerate(programs):
         if pos[rank] < len(prog):
             action = prog[pos[rank]]
-            missing = next(n for n in needs(action, num_stages) if n not in done)
-            blocked.append(Blocked(rank, pos[rank], action, missing))
+            wanted = next(k for k in needs(action, num_stages) if _tuple(k) not in done)
+            blocked.append(Blocked(rank, pos[rank], action, wanted))
     return blocked
+
+
+def _action(k: tuple[int, int, int]) -> Action:
+    return Action(k[1], _F if k[0] == 0 else _B, k[2])
+
+
+def _tuple(a: Action) -> tuple[int, int, int]:
+    return (0 if a.kind is _F else 1 if a.kind is not _W else 2, a.stage, a.mb)

@@ -12,6 +12,11 @@ memory in the model's unit: stage-activations for ``unit``, bytes where a preset
     >>> c = UniformCosts(f=3, b=4, w=2, comm=0.5)
     >>> c.pass_time(PipelineSpec(4, 8, 2, "v"), 0, Pass.BW)   # (b + w) / v
     3.0
+
+Other cost models: :class:`~pipeblocks.sim.costs_file.PerStageCosts` (a JSON file),
+:class:`~pipeblocks.sim.transformer.TransformerCosts` (model and machine numbers); memory
+presets in :mod:`pipeblocks.sim.memory`. A cost model may say what its memory counts with a
+``memory_unit`` attribute ("stage-activations" when absent, "bytes" for the transformer preset).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pipeblocks.errors import SpecError
 from pipeblocks.ir.actions import Pass
 from pipeblocks.ir.spec import PipelineSpec
 
-__all__ = ["CostModel", "UniformCosts", "UNIT"]
+__all__ = ["CostModel", "UniformCosts", "UNIT", "memory_unit", "one_f_one_b_peak"]
 
 
 @runtime_checkable
@@ -83,3 +88,26 @@ class UniformCosts:
 
 UNIT = UniformCosts()
 """Unit costs: F = B = W = 1 per rank, no transfer cost, unit memory."""
+
+
+def memory_unit(costs: CostModel) -> str:
+    """What ``costs.memory`` counts: its ``memory_unit`` attribute, else "stage-activations"."""
+    return str(getattr(costs, "memory_unit", "stage-activations"))
+
+
+def one_f_one_b_peak(spec: PipelineSpec, costs: CostModel) -> float:
+    """1F1B's peak memory for the same model on the same p ranks, with m >= p.
+
+    1F1B puts consecutive model chunks on the ranks: its rank r holds the stages r*v ..
+    r*v+v-1 of ``spec`` as one chunk, and at its peak it holds p - r microbatches' activations
+    of that chunk (BW frees them whole, so mem_w does not matter). The reference is the largest
+    of these over the ranks. With equal stages it is p * v * mem_f = the whole model's
+    activation for one microbatch (shared/DESIGN.md section 3); with a heavy first or last stage
+    it is what 1F1B really holds on its busiest rank.
+
+    >>> one_f_one_b_peak(PipelineSpec(4, 8, 2, "v"), UNIT)
+    8.0
+    """
+    p, v = spec.num_ranks, spec.stages_per_rank
+    mem_f = [float(costs.memory(spec, s)[0]) for s in range(spec.num_stages)]
+    return max((p - r) * sum(mem_f[r * v : (r + 1) * v]) for r in range(p))

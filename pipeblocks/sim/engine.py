@@ -2,24 +2,31 @@
 
 Each rank runs its program in order, one pass at a time. A pass starts at the later of the
 moment its rank is free and the end of each dependency, plus a transfer when the dependency ran
-on another rank (the V turn is free: see :mod:`pipeblocks.ir`). One list execution
-(:func:`pipeblocks.ir.deps.walk`) computes every time in O(actions).
+on another rank (the V turn is free: see :mod:`pipeblocks.ir`). One list execution computes
+every time in O(actions): the same traversal as :func:`pipeblocks.ir.deps.walk`, specialised
+to integer indices because the engine runs on schedules of a million passes.
 
     >>> from pipeblocks.generators import generate
     >>> sim = simulate(generate("1f1b", num_ranks=4, num_microbatches=8))
     >>> sim.makespan, round(sim.bubble_rate, 4), sim.peak_memory
     (33.0, 0.2727, (4.0, 3.0, 2.0, 1.0))
+
+Memory (shared/DESIGN.md section 3): F allocates ``mem_f`` at its start; B frees
+``mem_f - mem_w``, W frees ``mem_w`` and BW frees ``mem_f``, each at its end.
 """
 
 from __future__ import annotations
 
+import gc
+import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipeblocks.errors import DeadlockError, SpecError
 from pipeblocks.ir.actions import Action, Pass
-from pipeblocks.ir.deps import key, walk
+from pipeblocks.ir.deps import needs
 from pipeblocks.ir.schedule import Schedule
-from pipeblocks.sim.costs import UNIT, CostModel
+from pipeblocks.sim.costs import UNIT, CostModel, memory_unit, one_f_one_b_peak
 
 __all__ = ["Span", "Simulation", "simulate"]
 
@@ -38,14 +45,17 @@ class Span:
 class Simulation:
     """A simulated schedule: the timeline, memory per rank over time and the metrics.
 
-    - ``spans[r]``: rank r's passes in program order.
+    - ``spans[r]``: rank r's passes in program order (the timeline).
     - ``memory[r]``: ``(time, held)`` steps of rank r's activation memory, starting at (0, 0).
     - ``peak_memory[r]``: the most rank r holds at once (cost model's memory unit).
     - ``busy[r]``: time rank r computes; ``span[r]``: its last end minus its first start.
     - ``bubble_rate``: the papers' metric, (max span - busy) / max span, busy averaged over ranks.
     - ``bubble_rate_global``: (makespan - busy) / makespan, everyone starting at 0.
-    - ``peak_fraction``: max peak over the whole model's activation for one microbatch (the sum
-      of mem_f over all stages, which is 1F1B's peak when m >= p).
+    - ``peak_fraction``: max peak / ``reference_peak``.
+    - ``reference_peak``: 1F1B's peak for the same model and p with m >= p
+      (:func:`pipeblocks.sim.costs.one_f_one_b_peak`); the sum of mem_f over the stages
+      (the whole model's activation for one microbatch) when memory is uniform.
+    - ``memory_unit``: what ``peak_memory`` counts ("stage-activations" or "bytes").
     """
 
     schedule: Schedule
@@ -58,93 +68,246 @@ class Simulation:
     bubble_rate: float
     bubble_rate_global: float
     peak_fraction: float
+    reference_peak: float = 0.0
+    memory_unit: str = "stage-activations"
+    stage_activation: float = 1.0
 
     @property
     def idle(self) -> tuple[float, ...]:
-        """Per rank: makespan minus busy time."""
+        """Per rank: makespan minus busy time (idle in the global view)."""
         return tuple(self.makespan - b for b in self.busy)
+
+    @property
+    def idle_inner(self) -> tuple[float, ...]:
+        """Per rank: idle time between its first start and its last end."""
+        return tuple(s - b for s, b in zip(self.span, self.busy, strict=True))
+
+    @property
+    def peak_stage_activations(self) -> tuple[float, ...]:
+        """Per rank peak in stage-activations: peak over the mean mem_f of one stage."""
+        a = self.stage_activation
+        return tuple(pk / a if a > 0 else 0.0 for pk in self.peak_memory)
+
+    def timeline(self) -> list[Span]:
+        """Every pass of every rank, by start time (then rank)."""
+        return sorted((sp for rs in self.spans for sp in rs), key=lambda sp: (sp.start, sp.rank))
+
+    def span_of(self, action: Action) -> Span:
+        """The span of one action (a linear search: build a dict for many look-ups)."""
+        rank = self.schedule.spec.rank_of(action.stage)
+        for sp in self.spans[rank]:
+            if sp.action == action:
+                return sp
+        raise SpecError(f"{action} is not in schedule {self.schedule.name or '(unnamed)'}")
+
+
+def _tables(
+    schedule: Schedule, costs: CostModel
+) -> tuple[list[list[float]], list[float], list[float]]:
+    """Pass durations per kind code and stage; transfer costs into each stage (0 on one rank)."""
+    spec = schedule.spec
+    num_stages = spec.num_stages
+    rank_of = [spec.rank_of(s) for s in range(num_stages)]
+    dur: list[list[float]] = []
+    for kind in (Pass.F, Pass.B, Pass.W, Pass.BW):
+        row = []
+        for s in range(num_stages):
+            t = float(costs.pass_time(spec, s, kind))
+            if not 0 <= t < float("inf"):
+                raise SpecError(
+                    f"pass time of stage {s} {kind.value} is {t}; must be finite and >= 0"
+                )
+            row.append(t)
+        dur.append(row)
+    comm_act = [0.0] * num_stages  # activation from stage s-1 into stage s
+    comm_grad = [0.0] * num_stages  # gradient from stage s+1 into stage s
+    for s in range(num_stages):
+        if s > 0 and rank_of[s - 1] != rank_of[s]:
+            comm_act[s] = float(costs.comm_time(spec, rank_of[s - 1], rank_of[s], s - 1))
+        if s < num_stages - 1 and rank_of[s + 1] != rank_of[s]:
+            comm_grad[s] = float(costs.comm_time(spec, rank_of[s + 1], rank_of[s], s + 1))
+    for name, row in (("activation", comm_act), ("gradient", comm_grad)):
+        for s, t in enumerate(row):
+            if not 0 <= t < float("inf"):
+                raise SpecError(f"{name} transfer time into stage {s} is {t}; must be >= 0")
+    return dur, comm_act, comm_grad
 
 
 def simulate(schedule: Schedule, costs: CostModel | None = None) -> Simulation:
     """Time ``schedule`` under ``costs`` (unit costs by default).
 
-    Raises :class:`DeadlockError` if the programs cannot all finish (run the validator first
-    for a precise message about a malformed schedule).
+    The schedule should be valid (:func:`pipeblocks.ir.validate`); programs that cannot all
+    finish raise :class:`DeadlockError` naming each stuck rank's next pass.
     """
     costs = UNIT if costs is None else costs
+    # The run allocates a few objects per pass and no reference cycles: pausing the cyclic
+    # collector saves its repeated scans of the growing heap (about a quarter of the time).
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return _simulate(schedule, costs)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _simulate(schedule: Schedule, costs: CostModel) -> Simulation:
     spec = schedule.spec
-    p = spec.num_ranks
-    end: dict[Action, float] = {}
+    p, num_stages, m = spec.num_ranks, spec.num_stages, spec.num_microbatches
+    dur, comm_act, comm_grad = _tables(schedule, costs)
+    d_f, d_b, d_w, d_bw = dur
+    # end[i]: end time of the pass with index i = (kind * S + stage) * m + mb, kind 0 = F,
+    # 1 = B or BW (the input-gradient pass), 2 = W; -1 while it has not run.
+    sm = num_stages * m
+    end = [-1.0] * (3 * sm)
+    waiting: dict[int, list[int]] = {}
+    pos = [0] * p
     free = [0.0] * p
-    spans: list[list[Span]] = [[] for _ in range(p)]
-    times: dict[tuple[int, Pass], float] = {}
-
-    def duration(stage: int, kind: Pass) -> float:
-        t = times.get((stage, kind))
-        if t is None:
-            t = float(costs.pass_time(spec, stage, kind))
-            if not t >= 0:
-                raise SpecError(f"pass time of stage {stage} {kind.value} is {t}; must be >= 0")
-            times[(stage, kind)] = t
-        return t
-
-    def visit(rank: int, pos: int, action: Action, deps: tuple[tuple[int, Action], ...]) -> None:
-        start = free[rank]
-        for dep_rank, dep in deps:
-            t = end[dep]
-            if dep_rank != rank:
-                t += costs.comm_time(spec, dep_rank, rank, dep.stage)
-            if t > start:
-                start = t
-        finish = start + duration(action.stage, action.kind)
-        free[rank] = finish
-        end[key(action)] = finish
-        spans[rank].append(Span(rank, action, start, finish))
-
-    blocked = walk(schedule, visit)
-    if blocked:
-        heads = {b.rank: f"{b.action} (waits for {b.missing})" for b in blocked}
+    starts: list[list[float]] = [[] for _ in range(p)]
+    ends: list[list[float]] = [[] for _ in range(p)]
+    programs = schedule.programs
+    ready = list(range(p))
+    kind_f, kind_w, kind_bw = Pass.F, Pass.W, Pass.BW
+    last = num_stages - 1
+    while ready:
+        r = ready.pop()
+        prog = programs[r]
+        i, t_free, n = pos[r], free[r], len(prog)
+        st, en = starts[r], ends[r]
+        while i < n:
+            a = prog[i]
+            s, j, kind = a.stage, a.mb, a.kind
+            if not (0 <= s < num_stages and 0 <= j < m):
+                raise SpecError(f"rank {r} position {i}: {a} is out of range ({spec.describe()})")
+            start = t_free
+            if kind is kind_f:
+                if s > 0:
+                    e = end[(s - 1) * m + j]
+                    if e < 0:
+                        waiting.setdefault((s - 1) * m + j, []).append(r)
+                        break
+                    e += comm_act[s]
+                    if e > start:
+                        start = e
+                k = s * m + j
+                fin = start + d_f[s]
+            elif kind is kind_w:
+                e = end[sm + s * m + j]
+                if e < 0:
+                    waiting.setdefault(sm + s * m + j, []).append(r)
+                    break
+                if e > start:
+                    start = e
+                k = 2 * sm + s * m + j
+                fin = start + d_w[s]
+            else:
+                e = end[s * m + j]
+                if e < 0:
+                    waiting.setdefault(s * m + j, []).append(r)
+                    break
+                if e > start:
+                    start = e
+                if s < last:
+                    e = end[sm + (s + 1) * m + j]
+                    if e < 0:
+                        waiting.setdefault(sm + (s + 1) * m + j, []).append(r)
+                        break
+                    e += comm_grad[s]
+                    if e > start:
+                        start = e
+                k = sm + s * m + j
+                fin = start + (d_bw[s] if kind is kind_bw else d_b[s])
+            end[k] = fin
+            st.append(start)
+            en.append(fin)
+            t_free = fin
+            i += 1
+            woken = waiting.pop(k, None)
+            if woken:
+                ready.extend(woken)
+        pos[r], free[r] = i, t_free
+    stuck = [r for r in range(p) if pos[r] < len(programs[r])]
+    if stuck:
+        heads = {}
+        for r in stuck:
+            a = programs[r][pos[r]]
+            missing = [str(n) for n in needs(a, num_stages) if _not_run(end, n, num_stages, m)]
+            heads[r] = f"{a} (waits for {', '.join(missing)})"
         text = "; ".join(f"rank {r}: {h}" for r, h in sorted(heads.items()))
-        raise DeadlockError(f"schedule cannot finish: {text}", blocked=heads)
-    return _measure(schedule, costs, tuple(tuple(s) for s in spans))
+        raise DeadlockError(
+            f"schedule {schedule.name or '(unnamed)'} cannot finish: {text}; validate it for "
+            f"the broken rule",
+            blocked=heads,
+        )
+    return _measure(schedule, costs, starts, ends)
+
+
+def _not_run(end: list[float], need: Action, num_stages: int, m: int) -> bool:
+    code = {Pass.F: 0, Pass.B: 1, Pass.W: 2}[need.kind]
+    return end[(code * num_stages + need.stage) * m + need.mb] < 0
 
 
 def _measure(
-    schedule: Schedule, costs: CostModel, spans: tuple[tuple[Span, ...], ...]
+    schedule: Schedule,
+    costs: CostModel,
+    starts: Sequence[Sequence[float]],
+    ends: Sequence[Sequence[float]],
 ) -> Simulation:
     spec = schedule.spec
-    mem = {s: costs.memory(spec, s) for s in range(spec.num_stages)}
-    traces, peaks, busy, span = [], [], [], []
-    for rank_spans in spans:
+    mem = [costs.memory(spec, s) for s in range(spec.num_stages)]
+    for s, (mf, mw) in enumerate(mem):
+        if not (0 <= mw <= mf < float("inf")):
+            raise SpecError(
+                f"memory of stage {s} is mem_f={mf}, mem_w={mw}; need 0 <= mem_w <= mem_f"
+            )
+    # what each pass adds to the rank's memory; F at its start, the others at their end
+    add_f = [mf for mf, _ in mem]
+    add_b = [mw - mf for mf, mw in mem]
+    add_w = [-mw for _, mw in mem]
+    add_bw = [-mf for mf, _ in mem]
+    kind_f, kind_b, kind_w = Pass.F, Pass.B, Pass.W
+    spans, traces, peaks, busy, span = [], [], [], [], []
+    for r, prog in enumerate(schedule.programs):
+        st, en = starts[r], ends[r]
         held, peak = 0.0, 0.0
         trace = [(0.0, 0.0)]
-        for sp in rank_spans:
-            mem_f, mem_w = mem[sp.action.stage]
-            kind = sp.action.kind
-            if kind is Pass.F:
-                held += mem_f
-                trace.append((sp.start, held))
-                peak = max(peak, held)
+        append = trace.append
+        for a, t0, t1 in zip(prog, st, en, strict=True):
+            kind = a.kind
+            if kind is kind_f:
+                held += add_f[a.stage]
+                append((t0, held))
+                if held > peak:
+                    peak = held
             else:
-                held -= {Pass.B: mem_f - mem_w, Pass.W: mem_w, Pass.BW: mem_f}[kind]
-                trace.append((sp.end, held))
+                held += (add_b if kind is kind_b else add_w if kind is kind_w else add_bw)[
+                    a.stage
+                ]
+                append((t1, held))
+        spans.append(tuple(map(Span, [r] * len(prog), prog, st, en)))
         traces.append(tuple(trace))
         peaks.append(peak)
-        busy.append(sum(sp.end - sp.start for sp in rank_spans))
-        span.append(rank_spans[-1].end - rank_spans[0].start if rank_spans else 0.0)
-    makespan = max((rs[-1].end for rs in spans if rs), default=0.0)
+        # summing durations one by one keeps integer-valued times exact (no cancellation)
+        busy.append(sum(map(operator.sub, en, st)))
+        span.append(en[-1] - st[0] if prog else 0.0)
+    makespan = max((en[-1] for en in ends if en), default=0.0)
     mean_busy = sum(busy) / len(busy)
     cost = max(span)
-    whole = sum(mem[s][0] for s in mem)
+    reference = one_f_one_b_peak(spec, costs)
+    whole = sum(mf for mf, _ in mem)
     return Simulation(
         schedule=schedule,
-        spans=spans,
+        spans=tuple(spans),
         memory=tuple(traces),
         peak_memory=tuple(peaks),
         busy=tuple(busy),
         span=tuple(span),
         makespan=makespan,
-        bubble_rate=(cost - mean_busy) / cost if cost > 0 else 0.0,
-        bubble_rate_global=(makespan - mean_busy) / makespan if makespan > 0 else 0.0,
-        peak_fraction=max(peaks) / whole if whole > 0 else 0.0,
+        bubble_rate=max(0.0, (cost - mean_busy) / cost) if cost > 0 else 0.0,
+        bubble_rate_global=max(0.0, (makespan - mean_busy) / makespan) if makespan > 0 else 0.0,
+        peak_fraction=max(peaks) / reference if reference > 0 else 0.0,
+        reference_peak=reference,
+        memory_unit=memory_unit(costs),
+        stage_activation=whole / spec.num_stages,
     )
+

@@ -1,0 +1,142 @@
+"""A small GPT (embedding, N pre-norm transformer blocks, head) and deterministic synthetic data.
+
+Used by the demo, the runtime tests and the benchmarks. :meth:`TinyGPT.parts` gives the model
+as a flat list (embedding, blocks..., head) for :func:`pipeblocks.models.split.split`, which
+puts the embedding in stage 0 and the head (and so the loss) in the last stage.
+
+    >>> cfg = GPTConfig(vocab=64, seq=8, dim=16, heads=2, layers=2)
+    >>> model = TinyGPT(cfg, seed=0)
+    >>> tokens, targets = synthetic_batch(cfg, batch=4, seed=0, step=0)
+    >>> tuple(model(tokens).shape), tuple(targets.shape)
+    ((4, 8, 64), (4, 8))
+    >>> loss = lm_loss(model(tokens), targets).item()
+    >>> abs(loss - math.log(64)) < 0.2   # chance level at init
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["GPTConfig", "TinyGPT", "Embedding", "Block", "Head", "synthetic_batch", "lm_loss"]
+
+
+@dataclass(frozen=True, slots=True)
+class GPTConfig:
+    """Sizes of the small GPT: vocabulary, sequence length, width, heads and blocks."""
+
+    vocab: int = 256
+    seq: int = 32
+    dim: int = 64
+    heads: int = 4
+    layers: int = 8
+
+    def __post_init__(self) -> None:
+        if self.dim % self.heads:
+            raise ValueError(f"dim must be a multiple of heads (got dim={self.dim}, heads={self.heads})")
+
+
+class Embedding(nn.Module):
+    """Token and learned position embeddings: (b, t) int64 -> (b, t, dim)."""
+
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(cfg.vocab, cfg.dim)
+        self.pos = nn.Embedding(cfg.seq, cfg.dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        t = tokens.shape[1]
+        return self.tok(tokens) + self.pos(torch.arange(t, device=tokens.device))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: causal self-attention and a 4x GELU MLP, both residual."""
+
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.heads = cfg.heads
+        self.ln1 = nn.LayerNorm(cfg.dim)
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+        self.ln2 = nn.LayerNorm(cfg.dim)
+        self.fc = nn.Linear(cfg.dim, 4 * cfg.dim)
+        self.out = nn.Linear(4 * cfg.dim, cfg.dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=2)
+        # (b, t, d) -> (b, heads, t, d/heads)
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, t, d))
+        return x + self.out(F.gelu(self.fc(self.ln2(x))))
+
+
+class Head(nn.Module):
+    """Final layer norm and the vocabulary projection: (b, t, dim) -> logits (b, t, vocab)."""
+
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(cfg.dim)
+        self.lm = nn.Linear(cfg.dim, cfg.vocab, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lm(self.ln(x))
+
+
+class TinyGPT(nn.Sequential):
+    """Embedding, ``cfg.layers`` blocks and the head, initialised deterministically from ``seed``.
+
+    It is an ``nn.Sequential`` so the unpartitioned reference and the pipeline stages run the
+    very same modules in the very same order.
+    """
+
+    def __init__(self, cfg: GPTConfig, seed: int = 0) -> None:
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            super().__init__(Embedding(cfg), *(Block(cfg) for _ in range(cfg.layers)), Head(cfg))
+            for name, p in self.named_parameters():
+                if name.endswith("weight") and p.dim() == 2:
+                    nn.init.normal_(p, std=0.02)
+                    if name.endswith(("proj.weight", "out.weight")):
+                        # GPT-2's scaled init of the residual projections
+                        p.data.mul_(1 / math.sqrt(2 * cfg.layers))
+                elif name.endswith("bias"):
+                    nn.init.zeros_(p)
+        finally:
+            torch.random.set_rng_state(gen_state)
+        self.cfg = cfg
+
+    def parts(self) -> list[nn.Module]:
+        """The model as a flat list for splitting: embedding, blocks, head."""
+        return list(self)
+
+
+def synthetic_batch(
+    cfg: GPTConfig, batch: int, seed: int = 0, step: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token sequences of a learnable rule and their next-token targets, fixed by (seed, step).
+
+    Each sequence follows x[t+1] = (a * x[t] + c) mod vocab with (a, c) drawn from a small set,
+    so a model can lower its loss well below ln(vocab) within a few steps.
+    """
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    start = torch.randint(0, cfg.vocab, (batch, 1), generator=g)
+    rule = torch.randint(0, 4, (batch, 1), generator=g)
+    a, c = 1 + 2 * rule, 1 + rule  # odd multipliers: the rule is a permutation of the tokens
+    seq = [start]
+    for _ in range(cfg.seq):
+        seq.append((a * seq[-1] + c) % cfg.vocab)
+    full = torch.cat(seq, dim=1)
+    return full[:, :-1].contiguous(), full[:, 1:].contiguous()
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over every position."""
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())

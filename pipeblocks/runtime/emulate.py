@@ -1,0 +1,84 @@
+"""Emulated stages: every pass sleeps a fixed time instead of computing.
+
+With ``--emulate-ms X`` each F, B and W of a stage sleeps X ms (BW 2X) and sends tensors of
+the real activation shape, so the executor's own overhead and the transport are measured
+against the simulator's prediction on a machine with fewer cores than ranks (sleeping ranks do
+not compete for CPU).
+
+    >>> import torch
+    >>> st = EmulatedStage(stage=1, num_stages=4, ms=0.0, out_shape=(2, 3))
+    >>> st.forward(0, torch.zeros(2, 3)).shape
+    torch.Size([2, 3])
+    >>> st.backward_input(0, torch.ones(2, 3)).sum().item()
+    0.0
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["EmulatedStage"]
+
+
+class EmulatedStage:
+    """A stand-in for :class:`~pipeblocks.runtime.stage.Stage` that sleeps ``ms`` per pass."""
+
+    def __init__(
+        self,
+        stage: int,
+        num_stages: int,
+        ms: float,
+        out_shape: Sequence[int],
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.stage = stage
+        self.num_stages = num_stages
+        self.seconds = ms / 1000.0
+        self.split = True
+        self.out = torch.zeros(tuple(out_shape), dtype=dtype, device=device)
+        self._pending: set[int] = set()
+        self._grad_in: torch.Tensor | None = None
+
+    @property
+    def is_first(self) -> bool:
+        return self.stage == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.stage == self.num_stages - 1
+
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def out_meta(self, x: torch.Tensor) -> tuple[tuple[int, ...], torch.dtype]:
+        return tuple(self.out.shape), self.out.dtype
+
+    def _sleep(self, factor: float = 1.0) -> None:
+        # time.sleep overshoots by ~0.1 ms on Linux; the simulator is given the same X
+        time.sleep(self.seconds * factor)
+
+    def forward(
+        self, mb: int, x: torch.Tensor, target: torch.Tensor | None = None, scale: float = 1.0
+    ) -> torch.Tensor:
+        self._sleep()
+        self._pending.add(mb)
+        if self._grad_in is None and not self.is_first:
+            self._grad_in = torch.zeros_like(x)
+        return torch.zeros((), device=self.out.device) if self.is_last else self.out
+
+    def backward_input(self, mb: int, grad_out: torch.Tensor | None) -> torch.Tensor | None:
+        self._sleep()
+        return self._grad_in
+
+    def backward_weight(self, mb: int) -> None:
+        self._sleep()
+        self._pending.discard(mb)
+
+    def backward(self, mb: int, grad_out: torch.Tensor | None) -> torch.Tensor | None:
+        self._sleep(2.0)
+        self._pending.discard(mb)
+        return self._grad_in
