@@ -82,8 +82,10 @@ class BuildingBlock:
         index: dict[tuple[int, Pass], int] = {}
         num_stages = shape.num_stages
         for i, bp in enumerate(self.passes):
-            if not isinstance(bp, BlockPass):
-                raise SpecError(f"building block passes must be BlockPass (got {bp!r})")
+            if not isinstance(bp, BlockPass) or not isinstance(bp.kind, Pass):
+                raise SpecError(
+                    f"building block passes must be BlockPass(stage, Pass.X, offset) (got {bp!r})"
+                )
             if not 0 <= bp.stage < num_stages:
                 raise SpecError(
                     f"building block pass {bp.label()} names stage {bp.stage}, outside "

@@ -20,6 +20,7 @@ lifespans and peak bound (:mod:`pipeblocks.blocks.lifespan`) are those of the st
 from __future__ import annotations
 
 from collections import deque
+from functools import lru_cache
 
 from pipeblocks.blocks.block import BlockPass, BuildingBlock, check_block, free_slots
 from pipeblocks.errors import SpecError
@@ -32,10 +33,16 @@ def fill_w(block: BuildingBlock) -> BuildingBlock:
     """The block with a W (``block.w_duration`` slots) for every open stage, first in first out.
 
     A closed block comes back unchanged. Raises :class:`~pipeblocks.errors.SpecError` when a
-    rank's free slots cannot keep up with its W's (the fix: lengthen the period or free slots).
+    rank's free slots cannot keep up with its W's (the fix: lengthen the period or free slots),
+    and what :func:`~pipeblocks.blocks.block.check_block` raises for a block that cannot repeat.
     """
     if block.is_closed:
         return block
+    return _fill(block)
+
+
+@lru_cache(maxsize=1024)  # a search asks for the same block's lifespans, bound and peaks
+def _fill(block: BuildingBlock) -> BuildingBlock:
     check_block(block)
     added = []
     for rank in range(block.num_ranks):
@@ -69,11 +76,13 @@ def _steady_fifo(
     by_residue: dict[int, list[tuple[int, int]]] = {}
     for end, s in sorted(arrivals):
         by_residue.setdefault(end % T, []).append((end, s))
-    first = min(e for e, _ in arrivals)
-    warm = max(e for e, _ in arrivals)  # from here on every stage's W arrives once a period
+    end_of = {s: e for e, s in arrivals}
+    first = min(end_of.values())
+    warm = max(end_of.values())  # from here on every stage's W arrives once a period
     # The queue only grows while a free slot finds it empty, and stops growing once it holds a
-    # period's worth of W's, so it settles within about len(arrivals) periods of `warm`.
-    max_periods = (warm - first) // T + 2 * len(arrivals) + 8
+    # period's worth of W's, so it settles within about len(arrivals) periods of `warm`; the
+    # margin covers serving one settled W per stage after that.
+    max_periods = (warm - first) // T + 4 * len(arrivals) + 16
     queue: deque[tuple[int, int]] = deque()  # (stage, microbatch), oldest first
     busy_until = first
     seen: tuple[object, ...] | None = None
@@ -83,8 +92,8 @@ def _steady_fifo(
     while t < first + max_periods * T:
         if (t - first) % T == 0 and t >= warm + T and settled_at is None:
             # The future only depends on this state (relative to t): compare with a period ago.
-            state = (tuple((s, t - (e + k * T)) for s, k in queue for e in [_end(arrivals, s)]),
-                     max(0, busy_until - t))
+            ages = tuple((s, t - end_of[s] - k * T) for s, k in queue)
+            state = (ages, max(0, busy_until - t))
             if state == seen:
                 settled_at = t - T
             seen = state
@@ -94,7 +103,7 @@ def _steady_fifo(
         if t >= busy_until and queue and fits[t % T]:
             s, k = queue.popleft()
             busy_until = t + width
-            if settled_at is not None and _end(arrivals, s) + k * T >= settled_at:
+            if settled_at is not None and end_of[s] + k * T >= settled_at:
                 result.setdefault(s, t - k * T)
                 if len(result) == len(arrivals):
                     return result
@@ -104,6 +113,3 @@ def _steady_fifo(
         f"of {T} (W width {width}); lengthen the period or leave more free slots"
     )
 
-
-def _end(arrivals: list[tuple[int, int]], stage: int) -> int:
-    return next(e for e, s in arrivals if s == stage)

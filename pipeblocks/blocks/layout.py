@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from pipeblocks.blocks.block import BlockPass, BuildingBlock, check_block
+from pipeblocks.blocks.fill import fill_w
 from pipeblocks.errors import SpecError
 from pipeblocks.ir.actions import Action
 from pipeblocks.ir.spec import PipelineSpec
@@ -54,6 +55,11 @@ class Layout:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "starts", tuple(self.starts))
+        if not self.block.is_closed:
+            raise SpecError(
+                f"a layout needs a closed block, but stages {list(self.block.open_stages)} "
+                f"have no W; fill them with fill_w(block) (repeat() does)"
+            )
         want = self.num_microbatches * len(self.block.passes)
         if len(self.starts) != want:
             raise SpecError(
@@ -85,6 +91,10 @@ class Layout:
     @property
     def rows(self) -> tuple[tuple[Placed, ...], ...]:
         return tuple(self.row(r) for r in range(self.block.num_ranks))
+
+    def actions(self, rank: int) -> list[Action]:
+        """Rank ``rank``'s actions in slot order (its program once squeezed)."""
+        return [self.action(k) for k in self.order(rank)]
 
     def action(self, key: int) -> Action:
         n = len(self.block.passes)
@@ -138,10 +148,7 @@ def repeat(block: BuildingBlock, num_microbatches: int) -> Layout:
         num_microbatches < 1
     ):
         raise SpecError(f"num_microbatches must be an integer >= 1 (got {num_microbatches!r})")
-    if not block.is_closed:
-        from pipeblocks.blocks.fill import fill_w
-
-        block = fill_w(block)
+    block = fill_w(block)  # a closed block comes back as it is
     check_block(block)
     T = block.period
     shift = min(bp.offset for bp in block.passes)

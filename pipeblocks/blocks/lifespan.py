@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from pipeblocks.blocks.block import BuildingBlock
+from pipeblocks.blocks.fill import fill_w
 from pipeblocks.blocks.layout import Layout
 from pipeblocks.ir.actions import Pass
 from pipeblocks.ir.spec import PipelineSpec
@@ -52,24 +53,21 @@ class MemoryModel(Protocol):
 
 
 def stage_memory(block: BuildingBlock, costs: MemoryModel | None = None) -> list[tuple[float, float]]:
-    """(mem_f, mem_w) per stage; unit memory (1, 1) without ``costs``."""
+    """(mem_f, mem_w) per stage; unit memory (1, 1) without ``costs``.
+
+    The cost model is asked with a one-microbatch spec: activation memory per stage does not
+    depend on how many microbatches run.
+    """
     if costs is None:
         return [(1.0, 1.0)] * block.num_stages
     spec = block.spec(1)
-    return [tuple(map(float, costs.memory(spec, s))) for s in range(block.num_stages)]  # type: ignore[misc]
-
-
-def _closed(block: BuildingBlock) -> BuildingBlock:
-    if block.is_closed:
-        return block
-    from pipeblocks.blocks.fill import fill_w
-
-    return fill_w(block)
+    pairs = (costs.memory(spec, s) for s in range(block.num_stages))
+    return [(float(mem_f), float(mem_w)) for mem_f, mem_w in pairs]
 
 
 def lifespans(block: BuildingBlock) -> tuple[int, ...]:
     """Per stage: slots from its F's start to the end of its W (or BW)."""
-    block = _closed(block)
+    block = fill_w(block)  # a closed block comes back as it is
     out = []
     for s in range(block.num_stages):
         f = block.get(s, Pass.F)
@@ -81,7 +79,7 @@ def lifespans(block: BuildingBlock) -> tuple[int, ...]:
 
 def peak_bound(block: BuildingBlock, costs: MemoryModel | None = None) -> tuple[float, ...]:
     """Per rank: sum over its stages of ceil(lifespan / period) * mem_f (an upper bound)."""
-    block = _closed(block)
+    block = fill_w(block)  # a closed block comes back as it is
     mem = stage_memory(block, costs)
     spans = lifespans(block)
     T = block.period
@@ -103,7 +101,7 @@ def stable_peak(block: BuildingBlock, costs: MemoryModel | None = None) -> tuple
     A finite repetition (any number of microbatches) never holds more: it runs a subset of the
     same passes at the same slots.
     """
-    block = _closed(block)
+    block = fill_w(block)  # a closed block comes back as it is
     mem = stage_memory(block, costs)
     T = block.period
     spec = block.spec(1)

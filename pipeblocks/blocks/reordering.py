@@ -8,14 +8,16 @@ gaps in two steps (shared/DESIGN.md section 6; the CM paper, Qi, Wan, Amar, Lin 
 1. **Pull forward.** In slot order, every pass moves to the earliest free slot of its rank at or
    after the end of its dependencies. Moving an F earlier makes its rank hold that activation
    longer, so an F only moves while the rank's memory stays within the limit on every slot it
-   crosses (by default the block's stable-phase peak, :func:`~pipeblocks.blocks.lifespan.
-   stable_peak`); B, W and BW only free memory, so they always may. The layout stays a valid
-   timed schedule at every move: nothing can deadlock.
+   crosses (by default the block's stable-phase peak,
+   :func:`~pipeblocks.blocks.lifespan.stable_peak`); B, W and BW only free memory, so they
+   always may. No pass lands later than it was, so the result is a valid timed layout whenever
+   the input is: nothing can deadlock.
 2. **Cool-down.** After a rank's last F its memory can only fall, whatever the order of what is
    left. There the rank runs a B (or BW) as soon as one is ready (the earliest in slot order
-   when several are), and fills each slot where none is ready with the oldest pending W (see the note "W
-   deferral" in :mod:`pipeblocks.ir`): the B's carry the gradient chain to the other ranks,
-   the W's are the rank's own work and wait without holding anyone up.
+   when several are) and fills each slot where none is ready with the oldest pending W (the
+   note "W deferral" in :mod:`pipeblocks.ir`): the B's carry the gradient chain to the other
+   ranks, the W's are the rank's own work and hold nobody up. The new cool-down is kept only
+   if no rank ends later than before (a W longer than one slot can delay a B).
 
     >>> from pipeblocks.ir import Pass
     >>> from pipeblocks.blocks.block import BlockPass, BuildingBlock
@@ -90,6 +92,7 @@ class _State:
         index = {(bp.stage, bp.kind): i for i, bp in enumerate(ops)}
         self.dur = [bp.duration for bp in ops]
         self.rank_op = list(block.pass_ranks)
+        self.ops_of = [[op for op in range(n) if self.rank_op[op] == r] for r in range(self.p)]
         self.is_f = [bp.kind is Pass.F for bp in ops]
         self.is_b = [bp.kind in (Pass.B, Pass.BW) for bp in ops]
         self.deps = [[index[(d.stage, d.kind)] for d in block.deps(bp)] for bp in ops]
@@ -142,13 +145,14 @@ class _State:
                     # follow the last slot there with no room for it. From e_r on the rank
                     # holds `held`; if even that leaves no room, only the end is left (below).
                     room = caps[r] - alloc[op] + eps
-                    mr, t, stop = mem[r], e_r - 1, hl[i]
                     if held[r] > room:
                         i = len(hl)
-                    while t >= stop and mr[t] <= room:
-                        t -= 1
-                    if t >= stop:
-                        i = bisect_left(hl, t + 1)
+                    else:
+                        mr, t, stop = mem[r], e_r - 1, hl[i]
+                        while t >= stop and mr[t] <= room:
+                            t -= 1
+                        if t >= stop:
+                            i = bisect_left(hl, t + 1)
                 row = busy[r]
                 while i < len(hl):
                     c = hl[i]
@@ -156,7 +160,24 @@ class _State:
                         b = c
                         break
                     i += 1
+            if b > pos[key]:  # a valid input has room for every pass at its own slot
+                raise SpecError(
+                    f"reorder needs a valid timed layout: {self.src.action(key)} on rank {r} "
+                    f"starts at slot {pos[key]} but its rank or its dependencies are busy "
+                    f"until {b}; build layouts with repeat()"
+                )
             new[key] = b
+            if b < e_r and d == 1:  # one slot into hole hl[i]: the quick case of _place
+                del hl[i]
+                busy[r][b] = 1
+                mr = mem[r]
+                plus, minus = alloc[op], release[op]
+                if plus:
+                    mr[b:e_r] = [v + plus for v in mr[b:e_r]]
+                if minus:
+                    mr[b + 1:e_r] = [v - minus for v in mr[b + 1:e_r]]
+                held[r] += plus - minus
+                continue
             if b >= e_r:  # the common case: append at the rank's end (after an idle gap)
                 h, mr, row = held[r], mem[r], busy[r]
                 if b > e_r:
@@ -169,7 +190,7 @@ class _State:
                     # F had at least as much held before it as it has here.
                     raise SpecError(
                         f"reorder limit {caps[r]:g} on rank {r} is below what the layout holds "
-                        f"there (at least {h:g} when {self.src_action(key)} starts); raise the "
+                        f"there (at least {h:g} when {self.src.action(key)} starts); raise the "
                         f"limit to at least {h:g}"
                     )
                 if d == 1:
@@ -183,9 +204,6 @@ class _State:
             else:
                 self._place(r, b, d, alloc[op], release[op], end, holes, busy, mem, held)
         self.pos = new
-
-    def src_action(self, key: int) -> str:
-        return str(self.src.action(key))
 
     @staticmethod
     def _place(
@@ -214,6 +232,7 @@ class _State:
     def cool_down(self) -> None:
         """Past each rank's last F: B's as soon as they are ready, W's in the gaps."""
         n, pos, dur, p = self.n_ops, self.pos, self.dur, self.p
+        last_end = [self._end_of(r) for r in range(p)]
         rank_op, is_f, is_b, deps = self.rank_op, self.is_f, self.is_b, self.deps
         # Where each rank's last F ends: from there on its memory only falls.
         tail_from = [0] * p
@@ -282,3 +301,13 @@ class _State:
                 if w is not None and base + w in tail:
                     heapq.heappush(w_pending[rank_op[w]], (end, tail[base + w], base + w))
             t += 1
+        # A W that takes several slots can hold up a B that becomes ready meanwhile; keep the
+        # new cool-down only if no rank ends later than it did (so no span grows either).
+        if any(self._end_of(r) > e for r, e in enumerate(last_end)):
+            for key, start in tail.items():
+                pos[key] = start
+
+    def _end_of(self, rank: int) -> int:
+        """The first slot after the rank's last pass."""
+        n, pos, dur = self.n_ops, self.pos, self.dur
+        return max(max(pos[op::n]) + dur[op] for op in self.ops_of[rank])

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from pipeblocks.errors import SpecError
 from pipeblocks.sim.costs import UniformCosts
 
-__all__ = ["add_spec_args", "add_cost_args", "parse_cost", "emit_json", "die", "positive_int"]
+__all__ = ["one_line_errors", "add_spec_args", "add_cost_args", "parse_cost", "emit_json", "die", "positive_int"]
 
 
 def positive_int(text: str) -> int:
@@ -81,3 +81,13 @@ def die(message: str, code: int = 1) -> int:
     """Print ``pipeblocks: error: message`` on stderr and return ``code``."""
     print(f"pipeblocks: error: {message}", file=sys.stderr)
     return code
+
+
+def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make argparse's usage errors one line (``pipeblocks CMD: error: ...``), exit code 2."""
+
+    def error(message: str) -> NoReturn:
+        parser.exit(2, f"{parser.prog}: error: {message} (see {parser.prog} --help)\n")
+
+    parser.error = error  # type: ignore[method-assign]
+    return parser

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import NoReturn
 
 from pipeblocks.cli.common import add_cost_args, add_spec_args, die, parse_cost
 from pipeblocks.errors import PipeblocksError, SpecError
@@ -23,19 +22,9 @@ from pipeblocks.ir import Schedule, validate
 from pipeblocks.ir.formats import dumps
 from pipeblocks.sim.costs import CostModel
 
-__all__ = ["register", "run", "FORMATS", "one_line_errors"]
+__all__ = ["register", "run", "FORMATS"]
 
 FORMATS = ("torch-csv", "json", "ascii", "chrome-trace")
-
-
-def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Make argparse's usage errors one line (``pipeblocks CMD: error: ...``), exit code 2."""
-
-    def error(message: str) -> NoReturn:
-        parser.exit(2, f"{parser.prog}: error: {message} (see {parser.prog} --help)\n")
-
-    parser.error = error  # type: ignore[method-assign]
-    return parser
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -53,7 +42,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="write here instead of stdout")
     add_cost_args(p)
     p.set_defaults(func=run)
-    one_line_errors(p)
 
 
 def run(args: argparse.Namespace) -> int:

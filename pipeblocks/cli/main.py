@@ -15,7 +15,7 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
-from pipeblocks.cli.common import die
+from pipeblocks.cli.common import die, one_line_errors
 from pipeblocks.errors import FormatError, PipeblocksError, ScheduleError, SpecError
 
 __all__ = ["main", "build_parser"]
@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         mod = importlib.import_module(f"pipeblocks.cli.{name}")
         if hasattr(mod, "register"):
             mod.register(sub)
+    for p in (parser, *sub.choices.values()):
+        one_line_errors(p)
     return parser
 
 

@@ -33,11 +33,6 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _nonneg_float(text: str) -> float:
-    value = _positive_float(text) if text.strip() not in ("0", "0.0") else 0.0
-    return value
-
-
 def add_train_args(p: argparse.ArgumentParser, *, ranks_required: bool) -> None:
     """The options of ``pipeblocks train`` and ``python -m pipeblocks.train``."""
     src = p.add_mutually_exclusive_group(required=True)

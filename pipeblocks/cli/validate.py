@@ -17,7 +17,6 @@ import os
 from typing import Any
 
 from pipeblocks.cli.common import die, emit_json, positive_int
-from pipeblocks.cli.export import one_line_errors
 from pipeblocks.errors import FormatError, ScheduleError
 from pipeblocks.ir import validate
 from pipeblocks.ir.formats import READABLE, detect, loads
@@ -39,14 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--format", dest="format", choices=READABLE, default=None,
                    help="file format (default: from the extension, else the content)")
     p.add_argument("--placement", choices=("loop", "v"), default=None,
-                   help="torch-csv only: the stage placement (default: inferred)")
+                   help="the stage placement (torch-csv: default inferred; json: must agree)")
     p.add_argument("--stages-per-rank", dest="v", type=positive_int, default=None,
-                   help="torch-csv only: stages per rank (default: largest stage + 1 / ranks)")
+                   help="stages per rank (torch-csv: default (largest stage + 1) / ranks)")
     p.add_argument("-m", "--microbatches", dest="m", type=positive_int, default=None,
-                   help="torch-csv only: microbatches (default: largest microbatch + 1)")
+                   help="microbatches (torch-csv: default largest microbatch + 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
-    one_line_errors(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -69,7 +69,8 @@ def v_block(num_ranks: int, f0: Offset, f1: Offset, b1: Offset, b0: Offset) -> B
 def v_min_block(num_ranks: int) -> BuildingBlock:
     """V-Min's block (δ0, δ1) = (1, 1): slots i, 2p-1-i, 2p+I+i, 4p+I-1-i with I = 2 if 3 | p.
 
-    The offset I keeps B(chunk 1) off the slots of the F's modulo 6 when p is a multiple of 3.
+    When 3 divides p, 2p is a multiple of 6 and B(chunk 1) at 2p+i would land on F(chunk 0)'s
+    slot i modulo 6: the offset I moves it (and B(chunk 0)) two slots on.
 
     >>> print(v_min_block(3))
     rank 0 | 0F 0B 5B  .  . 5F
@@ -89,6 +90,9 @@ def v_min_block(num_ranks: int) -> BuildingBlock:
 
 def v_half_block(num_ranks: int) -> BuildingBlock:
     """V-Half's block (δ0, δ1) = (2, 1): slots 2i, 3p-2-i, 3p+I-1+2i, 6p+I-2-i with I = 3 if 2 | p.
+
+    B(chunk 0) sits 3p+I slots after F(chunk 1); when p is even 3p is a multiple of 6, so
+    without I = 3 the two would share a slot modulo 6.
 
     >>> print(v_half_block(2))
     rank 0 | 0F 0B 3B  . 3F  .

@@ -9,7 +9,8 @@ Rules, checked in this order (each failure is a :class:`~pipeblocks.errors.Sched
 - ``split-or-fused``: per (stage, microbatch) either B and W, or BW; never both, never half.
 - ``missing``: every (stage, microbatch) has its F and its backward.
 - ``dependency``: a list execution of the programs finishes (shared/DESIGN.md section 2); the
-  error names the first blocked rank, its next action and what that action waits for.
+  error names a root of the deadlock (a blocked action whose dependency is queued behind a
+  head, its own rank's first), what it waits for and where that sits, and every blocked rank.
 
 The whole check is O(N log N) in the number of actions N, whatever the spec's sizes: a spec with
 a huge ``num_microbatches`` and a short program fails ``missing`` at once instead of scanning

@@ -58,8 +58,14 @@ class EmulatedStage:
         return tuple(self.out.shape), self.out.dtype
 
     def _sleep(self, factor: float = 1.0) -> None:
-        # time.sleep overshoots by ~0.1 ms on Linux; the simulator is given the same X
-        time.sleep(self.seconds * factor)
+        # time.sleep wakes up ~0.1 ms late on Linux: sleep to 0.2 ms before the deadline, then
+        # spin, so that a pass lasts X ms as in the simulator, not X plus the wake-up delay
+        deadline = time.perf_counter() + self.seconds * factor
+        rest = deadline - time.perf_counter() - 2e-4
+        if rest > 0:
+            time.sleep(rest)
+        while time.perf_counter() < deadline:
+            pass
 
     def forward(
         self, mb: int, x: torch.Tensor, target: torch.Tensor | None = None, scale: float = 1.0

@@ -84,16 +84,24 @@ class StageRunner(Protocol):
 class StepResult:
     """One step on one rank. Losses are known only on the rank that holds the last stage.
 
-    ``seconds`` is this rank's wall time for the step; ``peak_activation_bytes`` the most
+    ``start`` and ``end`` are ``time.perf_counter()`` readings (one clock for every process of
+    a host) around the rank's program; ``peak_activation_bytes`` is the most
     activation memory its pending microbatches held at once (0 unless measured);
-    ``trace`` holds ``(op, start, end)`` in seconds from the step's start when recorded.
+    ``trace`` holds, when recorded, ``(action, begin, ready, end)`` in seconds from the step's
+    start: ``ready`` is when its input had arrived (so ``end - ready`` is the pass itself).
     """
 
     rank: int
     losses: tuple[float, ...] | None
-    seconds: float
+    start: float
+    end: float
     peak_activation_bytes: int = 0
-    trace: tuple[tuple[str, float, float], ...] = ()
+    trace: tuple[tuple[str, float, float, float], ...] = ()
+
+    @property
+    def seconds(self) -> float:
+        """This rank's wall time for the step."""
+        return self.end - self.start
 
     @property
     def loss(self) -> float | None:
@@ -200,13 +208,13 @@ class Executor:
             self._where("optimizer step")
             self.optimizer.step()
         self.steps += 1
-        return StepResult(self.rank, losses, time.perf_counter() - start, peak, tuple(trace))
+        return StepResult(self.rank, losses, start, time.perf_counter(), peak, tuple(trace))
 
     # -- the program -------------------------------------------------------------------------
 
     def _run(
         self, inputs: list[torch.Tensor], targets: list[torch.Tensor | None], start: float
-    ) -> tuple[tuple[float, ...] | None, int, list[tuple[str, float, float]]]:
+    ) -> tuple[tuple[float, ...] | None, int, list[tuple[str, float, float, float]]]:
         spec, me, S = self.spec, self.rank, self.spec.num_stages
         scale = 1.0 / spec.num_microbatches
         posted: dict[Transfer, tuple[Any, torch.Tensor]] = {}
@@ -217,7 +225,8 @@ class Executor:
         losses: dict[int, torch.Tensor] = {}
         held: dict[tuple[int, int], int] = {}
         live = peak = 0
-        trace: list[tuple[str, float, float]] = []
+        trace: list[tuple[str, float, float, float]] = []
+        ready = 0.0
         op: Any = None
 
         def flush() -> None:
@@ -233,9 +242,11 @@ class Executor:
             batch.clear()
 
         def take(t: Transfer) -> torch.Tensor:
+            nonlocal ready
             work, buf = posted.pop(t)
             with self._waiting(f"{t} from rank {spec.rank_of(t.src_stage)}"):
                 work.wait()
+            ready = time.perf_counter()
             return buf
 
         def give(t: Transfer, tensor: torch.Tensor) -> None:
@@ -262,7 +273,7 @@ class Executor:
                 s, j = a.stage, a.mb
                 runner = self.runners[s]
                 self._where(str(a))
-                t0 = time.perf_counter()
+                t0 = ready = time.perf_counter()
                 if a.kind is Pass.F:
                     if s == 0:
                         x = inputs[j]
@@ -301,7 +312,8 @@ class Executor:
                         assert gx is not None
                         give(Transfer(Payload.GRAD, s, s - 1, j), gx)
                 if self.record:
-                    trace.append((str(a), t0 - start, time.perf_counter() - start))
+                    trace.append(
+                        (str(a), t0 - start, ready - start, time.perf_counter() - start))
             flush()
             self._where("the end of the step (sends completing)")
             for work, tensor in sends:

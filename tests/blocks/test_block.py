@@ -59,7 +59,7 @@ def test_colliding_user_block_is_rejected_naming_both_passes() -> None:
     assert "rank 0" in text and "slot 3" in text
     assert "free on rank 0: 1, 2" in text and "lengthen the period" in text
     # The grid shows one period per rank with the clashing cell marked.
-    assert e.grid.splitlines()[0] == "rank 0 |[F|B]   .   ."
+    assert e.grid.splitlines()[0] == "rank 0 |[F|B]  .   ."
 
 
 def test_collision_of_long_passes_is_found_on_a_covered_slot() -> None:

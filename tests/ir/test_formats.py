@@ -183,8 +183,10 @@ def test_detection_and_files(tmp_path: pathlib.Path) -> None:
         loads("rank 0 | F0", "ascii")
     with pytest.raises(SpecError, match="cannot tell the format"):
         dump(s, tmp_path / "s.bin")
-    with pytest.raises(SpecError, match="applies to torch-csv only"):
-        loads(json_io.dumps(s), placement="loop")
+    assert loads(json_io.dumps(s), placement="loop", num_microbatches=4) == s  # agree
+    with pytest.raises(SpecError, match="num_microbatches=5 disagrees with the JSON input, "
+                                        "whose spec says num_microbatches=4"):
+        loads(json_io.dumps(s), num_microbatches=5)
     with pytest.raises(FormatError, match="cannot read the file"):
         load(tmp_path / "absent.csv")
 
@@ -213,3 +215,14 @@ def test_writes_only_what_the_schema_allows() -> None:
     assert set(doc["spec"]) == set(props["spec"]["properties"])
     pattern = re.compile(props["programs"]["items"]["items"]["pattern"])
     assert all(pattern.fullmatch(a) for prog in doc["programs"] for a in prog)
+
+
+@pytest.mark.parametrize("p", [8, 16])
+def test_round_trips_at_larger_sizes(p: int, generator_names) -> None:  # type: ignore[no-untyped-def]
+    """Every generator at p = 8 and 16, m = 2p: CSV (spec inferred) and JSON round trips."""
+    from pipeblocks.generators import generate
+
+    for name in generator_names:
+        s = generate(name, p, 2 * p)
+        assert torch_csv.loads(torch_csv.dumps(s)) == s, name
+        assert json_io.loads(json_io.dumps(s)) == s, name

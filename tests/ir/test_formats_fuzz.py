@@ -119,6 +119,7 @@ def test_json_fields_of_the_wrong_kind(data: st.DataObject) -> None:
         ("0F0,(0B0;x)OVERLAP_F_B\n", 1, 10, "'x' inside the overlapped cell"),
         ("0F0\n1F0\n2F0\n4F1\n", 4, 1, "stage 4 implies 5 stages, not a multiple of the 4"),
         ("0F0,0F5000\n", 1, 5, "microbatch 5000 implies 5001 microbatches"),
+        ("0F0,99999999999999B0\n", 1, 5, "stage 99999999999999 implies 100000000000000 stages"),
     ],
 )
 def test_csv_errors_by_hand(text: str, line: int, column: int, message: str) -> None:
@@ -159,6 +160,8 @@ def _at(text: str, needle: str, last: bool = False) -> tuple[int, int]:
         (HEAD + SPEC + ', "programs": [["0F0", "0bw0"]]}', '"0bw0"', "not an action"),
         (HEAD + SPEC + ", " + PROGRAMS + ', "sprc": 1}', "1}", "unknown key 'sprc'"),
         (HEAD + SPEC + ', "programs": [["0F0", "0BW0"], []]}', "[[", "holds 2 programs"),
+        (HEAD + SPEC.replace('"num_microbatches": 1', '"num_microbatches": 1000000000000')
+         + ", " + PROGRAMS + "}", '{"num_ranks"', "programs hold only 2 actions"),
         (HEAD + '"spec": {"num_ranks": 1}, ' + PROGRAMS + "}", '{"num_ranks"',
          "spec lacks the key 'num_microbatches'"),
     ],

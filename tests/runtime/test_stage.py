@@ -73,12 +73,12 @@ def test_split_matches_fused_on_every_kind_of_stage(index: int) -> None:
     got = _grads(module)
     assert got.keys() == ref_grads.keys()
     for name, g in ref_grads.items():
-        torch.testing.assert_close(got[name], g, rtol=0, atol=1e-6, msg=name)
+        torch.testing.assert_close(got[name], g, rtol=1e-5, atol=1e-6, msg=name)
     for k in range(3):
         if index == 0:
             assert gx[k] is None
         else:
-            torch.testing.assert_close(gx[k], ref_gx[k], rtol=0, atol=1e-6)
+            torch.testing.assert_close(gx[k], ref_gx[k], rtol=1e-5, atol=1e-6)
 
 
 def test_fused_pass_matches_autograd_and_mixes_with_split() -> None:
@@ -93,10 +93,10 @@ def test_fused_pass_matches_autograd_and_mixes_with_split() -> None:
     gx0 = st.backward(0, gys[0])
     gx1 = st.backward_input(1, gys[1])
     st.backward_weight(1)
-    torch.testing.assert_close(gx0, ref_gx[0], rtol=0, atol=1e-6)
-    torch.testing.assert_close(gx1, ref_gx[1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(gx0, ref_gx[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gx1, ref_gx[1], rtol=1e-5, atol=1e-6)
     for name, g in ref_grads.items():
-        torch.testing.assert_close(module.get_parameter(name).grad, g, rtol=0, atol=1e-6)
+        torch.testing.assert_close(module.get_parameter(name).grad, g, rtol=1e-5, atol=1e-6)
 
 
 class _Tied(nn.Module):
@@ -151,11 +151,11 @@ def test_split_matches_fused_on_awkward_graphs(make) -> None:
         st.backward_weight(k)
     for k in range(2):
         expect = ref_gx[k] if ref_gx[k] is not None else torch.zeros_like(xs[k])
-        torch.testing.assert_close(gx[k], expect, rtol=0, atol=1e-6)
+        torch.testing.assert_close(gx[k], expect, rtol=1e-5, atol=1e-6)
     got = _grads(module)
     assert got.keys() == ref_grads.keys()
     for name, g in ref_grads.items():
-        torch.testing.assert_close(got[name], g, rtol=0, atol=1e-6, msg=name)
+        torch.testing.assert_close(got[name], g, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_activations_are_freed_after_w() -> None:

@@ -90,8 +90,9 @@ def dump(schedule: Schedule, path: Source, format: str | None = None) -> None:
 
 
 def loads(text: str, format: str | None = None, *, path: str = "", **options: Any) -> Schedule:
-    """Read a schedule from ``text``; ``options`` go to the torch-csv reader (placement,
-    stages_per_rank, num_microbatches) or set the name (``name=``)."""
+    """Read a schedule from ``text``. ``options``: ``name=``, and for torch-csv ``placement``,
+    ``stages_per_rank``, ``num_microbatches`` (a JSON file holds its spec: there they must
+    agree with it)."""
     if not isinstance(text, str):
         raise FormatError(f"expected text, got {type(text).__name__}", path=path)
     fmt = _check(format, READABLE) if format is not None else detect(text, path or None)
@@ -101,12 +102,23 @@ def loads(text: str, format: str | None = None, *, path: str = "", **options: An
     if unknown:
         raise SpecError(f"unknown option {unknown[0]!r}; known: name, {', '.join(_CSV_OPTIONS)}")
     if fmt == "json":
-        bad = sorted(set(options) & set(_CSV_OPTIONS))
-        if bad:
-            raise SpecError(f"option {bad[0]!r} applies to torch-csv only: a JSON file holds "
-                            f"its own spec")
-        return json_io.loads(text, name=options.get("name"), path=path)
+        schedule = json_io.loads(text, name=options.get("name"), path=path)
+        _agree(schedule, options, path)
+        return schedule
     return torch_csv.loads(text, path=path, **options)
+
+
+def _agree(schedule: Schedule, options: dict[str, Any], path: str) -> None:
+    """A JSON file holds its own spec: options may repeat it, not change it."""
+    spec = schedule.spec
+    have = {"placement": spec.placement.value, "stages_per_rank": spec.stages_per_rank,
+            "num_microbatches": spec.num_microbatches}
+    for k in _CSV_OPTIONS:
+        given = options.get(k)
+        given = getattr(given, "value", given)  # a Placement counts as its name
+        if given is not None and given != have[k]:
+            raise SpecError(f"{k}={given} disagrees with {path or 'the JSON input'}, whose spec "
+                            f"says {k}={have[k]}; drop the option: a JSON file sets its own spec")
 
 
 def load(source: Source, format: str | None = None, **options: Any) -> Schedule:

@@ -43,6 +43,7 @@ from typing import Any
 
 from pipeblocks.errors import FormatError, SpecError
 from pipeblocks.ir.actions import Action, Pass
+from pipeblocks.ir.formats._jsonpos import Path, locate, too_deep
 from pipeblocks.ir.formats._text import MAX_DIGITS, line_col
 from pipeblocks.ir.schedule import Schedule
 from pipeblocks.ir.spec import PipelineSpec, Placement
@@ -86,9 +87,6 @@ SCHEMA: dict[str, Any] = {
 _ACTION = re.compile(SCHEMA["properties"]["programs"]["items"]["items"]["pattern"])
 _KNOWN = tuple(SCHEMA["properties"])
 _SPEC = SCHEMA["properties"]["spec"]
-
-Path = tuple[str | int, ...]
-
 
 def dumps(schedule: Schedule) -> str:
     """The document, one line per rank's program (ends with a newline)."""
@@ -161,13 +159,13 @@ def loads(text: str, *, name: str | None = None, path: str = "") -> Schedule:
         raise FormatError(f"not valid JSON: {e.msg}", path=path, line=e.lineno,
                           column=e.colno) from None
     except RecursionError:
-        line, col = line_col(text, _too_deep(text))
+        line, col = line_col(text, too_deep(text))
         raise FormatError("not a schedule: arrays or objects nested too deep",
                           path=path, line=line, column=col) from None
     try:
         schedule = _schedule(doc)
     except _Invalid as e:
-        line, col = line_col(text, _locate(text, e.path, last=e.last))
+        line, col = line_col(text, locate(text, e.path, last=e.last))
         raise FormatError(str(e), path=path, line=line, column=col) from None
     return schedule if name is None else schedule.renamed(name)
 
@@ -247,7 +245,16 @@ def _schedule(doc: Any) -> Schedule:
         spec = PipelineSpec(sizes[0], sizes[1], sizes[2], Placement(raw["placement"]))
     except SpecError as e:
         raise _Invalid(("spec",), f"spec is not possible: {e}") from None
-    return Schedule(spec, _programs(doc["programs"], spec), name)
+    programs = _programs(doc["programs"], spec)
+    # Each (stage, mb) needs its own F: a spec far larger than its programs (with slack for
+    # files still being written) is corrupt, and trusting it would have the simulator and the
+    # pictures work on a pipeline of that size.
+    count = sum(map(len, programs))
+    if spec.num_stages * spec.num_microbatches > 4 * count + 1024:
+        raise _Invalid(("spec",), f"the spec ({spec.describe()}) needs "
+                                  f"{spec.num_stages * spec.num_microbatches} forward passes but "
+                                  f"programs hold only {count} actions; is a number corrupt?")
+    return Schedule(spec, programs, name)
 
 
 def _programs(value: Any, spec: PipelineSpec) -> tuple[tuple[Action, ...], ...]:
@@ -257,13 +264,16 @@ def _programs(value: Any, spec: PipelineSpec) -> tuple[tuple[Action, ...], ...]:
     if len(value) != spec.num_ranks:
         raise _Invalid(path, f"programs holds {len(value)} programs but spec.num_ranks is "
                              f"{spec.num_ranks}; give one program per rank")
-    kinds = {k.value: k for k in Pass}
     home: dict[int, int] = {}
     out = []
     for rank, prog in enumerate(value):
         if not isinstance(prog, list):
             raise _Invalid(path + (rank,), f"programs[{rank}] must be an array of action "
                                            f"strings, got {_kind(prog)}")
+        fast = _fast_program(prog, rank, spec)
+        if fast is not None:
+            out.append(fast)
+            continue
         actions = []
         for i, text in enumerate(prog):
             at = path + (rank, i)
@@ -273,11 +283,40 @@ def _programs(value: Any, spec: PipelineSpec) -> tuple[tuple[Action, ...], ...]:
                                    f"<stage><F|B|W|BW><microbatch> such as \"0F3\" or \"2BW1\"")
             if len(match.group(1)) > MAX_DIGITS or len(match.group(3)) > MAX_DIGITS:
                 raise _Invalid(at, f"programs[{rank}][{i}]: a number is too large")
-            a = Action(int(match.group(1)), kinds[match.group(2)], int(match.group(3)))
+            a = Action(int(match.group(1)), _KINDS[match.group(2)], int(match.group(3)))
             actions.append(a)
             _fits(a, rank, spec, home, at)
         out.append(tuple(actions))
     return tuple(out)
+
+
+# A program of well-formed actions that fit the spec is read in bulk: joined by commas, checked
+# by one regex and split by findall. Anything else goes action by action, to name the culprit.
+_N = f"[0-9]{{1,{MAX_DIGITS}}}"
+_ROW = re.compile(rf"{_N}(?:BW|F|B|W){_N}(?:,{_N}(?:BW|F|B|W){_N})*")
+_TRIPLE = re.compile(r"([0-9]+)(BW|F|B|W)([0-9]+)")
+_KINDS = {k.value: k for k in Pass}
+
+
+def _fast_program(prog: list[Any], rank: int, spec: PipelineSpec) -> tuple[Action, ...] | None:
+    """The program's actions if every string is an action that fits the spec, else None."""
+    if not prog:
+        return ()
+    if not all(type(x) is str for x in prog):
+        return None
+    joined = ",".join(prog)
+    if not _ROW.fullmatch(joined):
+        return None
+    triples = _TRIPLE.findall(joined)
+    if len(triples) != len(prog):  # an element held a comma: not one action each
+        return None
+    actions = tuple(Action(int(s), _KINDS[k], int(j)) for s, k, j in triples)
+    stages = {a.stage for a in actions}
+    if max(stages) >= spec.num_stages or max(a.mb for a in actions) >= spec.num_microbatches:
+        return None
+    if any(spec.rank_of(s) != rank for s in stages):
+        return None
+    return actions
 
 
 def _fits(a: Action, rank: int, spec: PipelineSpec, home: dict[int, int], at: Path) -> None:
@@ -292,96 +331,3 @@ def _fits(a: Action, rank: int, spec: PipelineSpec, home: dict[int, int], at: Pa
         raise _Invalid(at, f"{a} is in rank {rank}'s program but the spec's placement "
                            f"'{spec.placement.value}' ({spec.describe()}) puts stage {a.stage} "
                            f"on rank {h}; fix spec.placement or move the action")
-
-
-_WS = re.compile(r"[ \t\n\r]*")
-_SCALAR = re.compile(r'[^\s,:\[\]{}"]*')
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
-
-
-def _string(text: str, i: int) -> tuple[str, int]:
-    """The JSON string starting at ``i`` (its opening quote) and the offset past it."""
-    m = _STRING.match(text, i)
-    if m is None:
-        raise ValueError("not a string")
-    return json.loads(m.group()), m.end()
-
-
-def _ws(text: str, i: int) -> int:
-    """Offset of the first non-blank character at or after ``i``."""
-    m = _WS.match(text, i)
-    return m.end() if m else i
-
-
-def _skip_value(text: str, i: int) -> int:
-    """Offset just past the JSON value starting at ``i`` (text is known to be valid JSON)."""
-    depth = 0
-    while True:
-        i = _ws(text, i)
-        c = text[i]
-        if c == '"':
-            i = _string(text, i)[1]
-        elif c in "[{":
-            depth += 1
-            i += 1
-            continue
-        elif c in "]}":
-            depth -= 1
-            i += 1
-        elif c in ",:":
-            i += 1
-            continue
-        else:
-            m = _SCALAR.match(text, i)
-            i = m.end() if m and m.end() > i else i + 1
-        if depth == 0:
-            return i
-
-
-def _locate(text: str, path: Path, *, last: bool = False) -> int:
-    """Offset of the value at ``path`` (keys and indices) in valid JSON ``text``; with
-    ``last``, of the last value under the final key when the key repeats.
-
-    Best effort: where the walk cannot go on it returns the deepest offset reached.
-    """
-    i = _ws(text, 0)
-    try:
-        for n, step in enumerate(path):
-            j = _ws(text, i + 1)  # the first key or item after the opening bracket
-            if isinstance(step, str):
-                found = None
-                while text[j] == '"':
-                    k, j = _string(text, j)
-                    j = _ws(text, _ws(text, j) + 1)  # past the colon
-                    if k == step:
-                        found = j
-                        if not (last and n == len(path) - 1):
-                            break
-                    j = _ws(text, _skip_value(text, j))
-                    j = _ws(text, j + 1) if text[j] == "," else j
-                if found is None:
-                    return i
-                j = found
-            else:
-                for _ in range(step):
-                    j = _ws(text, _skip_value(text, j))
-                    j = _ws(text, j + 1)  # past the comma
-            i = j
-    except (IndexError, ValueError):
-        pass
-    return i
-
-
-def _too_deep(text: str, limit: int = 64) -> int:
-    """Offset of the first bracket nested deeper than ``limit`` (strings skipped)."""
-    depth = 0
-    for m in _TOKENS.finditer(text):
-        tok = m.group()
-        if tok in "[{":
-            depth += 1
-            if depth > limit:
-                return m.start()
-        elif tok in "]}":
-            depth -= 1
-    return 0

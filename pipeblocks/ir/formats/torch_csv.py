@@ -67,10 +67,54 @@ _CELL_HELP = (
 # A parsed cell: the action and its 1-based column on its line (the line is its row + 1).
 _Cell = tuple[Action, int]
 
+# A row of plain cells (what we and PyTorch's non-DualPipe schedules write) is read with one
+# regex over the whole line; any other row goes through the cell-by-cell reader, which also
+# finds columns for error messages.
+_N = f"[0-9]{{1,{MAX_DIGITS}}}"
+_PLAIN_ROW = re.compile(rf"{_N}[FIWB]{_N}(?:,{_N}[FIWB]{_N})*")
+
 
 def dumps(schedule: Schedule) -> str:
     """One line per rank, cells joined by commas, PyTorch letters, no empty cells."""
     return "".join(",".join(map(_text, prog)) + "\n" for prog in schedule.programs)
+
+
+class _Rows:
+    """The file's rows of actions, with the line texts to find a cell's column on demand."""
+
+    def __init__(self, text: str, path: str) -> None:
+        if not text.strip():
+            raise FormatError("empty input: a torch-csv schedule has one row per rank",
+                              path=path, line=1, column=1)
+        lines = text.split("\n")
+        if lines[-1] == "":  # the newline that ends the last row
+            lines.pop()
+        self.path = path
+        self.lines = [line.removesuffix("\r") for line in lines]
+        self.actions = [self._read(n, line) for n, line in enumerate(self.lines)]
+
+    def _read(self, row: int, line: str) -> list[Action]:
+        if _PLAIN_ROW.fullmatch(line):
+            return [Action(int(s), FROM_TORCH[k], int(j)) for s, k, j in _CELL.findall(line)]
+        return [a for a, _ in _row(line, row + 1, self.path)]
+
+    def column(self, row: int, index: int) -> int:
+        """The column of the row's ``index``-th action (errors only: re-reads the line)."""
+        return _row(self.lines[row], row + 1, self.path)[index][1]
+
+    def fail(self, row: int, index: int, message: str) -> FormatError:
+        empty = [str(r + 1) for r, acts in enumerate(self.actions) if not acts]
+        hint = ""
+        if empty:
+            shown = ", ".join(empty[:5]) + (" ..." if len(empty) > 5 else "")
+            hint = f" (line {shown} has no actions: every line is a rank, a blank one too)"
+        return FormatError(message + hint, path=self.path, line=row + 1,
+                           column=self.column(row, index))
+
+    def first(self, test: Callable[[Action], bool]) -> tuple[int, int]:
+        """(row, index) of the first action passing ``test`` (the caller knows there is one)."""
+        return next((r, i) for r, acts in enumerate(self.actions)
+                    for i, a in enumerate(acts) if test(a))
 
 
 def loads(
@@ -90,54 +134,57 @@ def loads(
         raise FormatError(f"expected CSV text, got {type(text).__name__}", path=path)
     if isinstance(placement, str):
         placement = _placement(placement)
-    rows = _rows(text.removeprefix("\ufeff"), path)  # a byte-order mark some editors write
-    p = len(rows)
-    cells = [c for row in rows for c in row]
-    if not cells:
+    rows = _Rows(text.removeprefix("\ufeff"), path)  # a byte-order mark some editors write
+    p = len(rows.actions)
+    count = sum(map(len, rows.actions))
+    if not count:
         raise FormatError(
             "no actions: a torch-csv schedule has one row per rank of cells like 0F3 "
             "(PyTorch letters F, I, W, B)", path=path, line=1, column=1,
         )
-
-    def fail(row: int, col: int, message: str) -> FormatError:
-        return FormatError(message + _blank_hint(rows), path=path, line=row + 1, column=col)
-
+    largest_stage = max(a.stage for acts in rows.actions for a in acts)
+    largest_mb = max(a.mb for acts in rows.actions for a in acts)
+    # Each (stage, mb) needs its own F cell. Counts far beyond the cells (with slack for files
+    # still being written) mean a corrupt number; trusting it would have the simulator and the
+    # pictures work on a pipeline of that size.
+    limit = 4 * count + 1024
     # stages: S = p * v, given or implied by the largest stage
     if stages_per_rank is None:
-        r, (a, col) = _largest(rows, lambda a: a.stage)
-        if (a.stage + 1) % p:
-            raise fail(r, col, f"stage {a.stage} implies {a.stage + 1} stages, not a multiple of "
-                               f"the {p} rows (one row per rank); fix the cell or the row count")
-        v = (a.stage + 1) // p
+        if largest_stage >= limit:
+            r, i = rows.first(lambda a: a.stage == largest_stage)
+            raise rows.fail(r, i, f"stage {largest_stage} implies {largest_stage + 1} stages, "
+                                  f"but the file holds only {count} cells; is the number "
+                                  f"corrupt?")
+        if (largest_stage + 1) % p:
+            r, i = rows.first(lambda a: a.stage == largest_stage)
+            raise rows.fail(r, i, f"stage {largest_stage} implies {largest_stage + 1} stages, "
+                                  f"not a multiple of the {p} rows (one row per rank); fix the "
+                                  f"cell or the row count")
+        v = (largest_stage + 1) // p
     else:
         v = stages_per_rank
-        for r, row in enumerate(rows):
-            for a, col in row:
-                if a.stage >= p * v:
-                    raise fail(r, col, f"stage {a.stage} does not exist: {p} rows x "
-                                       f"stages_per_rank {v} give stages 0..{p * v - 1}")
+        if largest_stage >= p * v:
+            r, i = rows.first(lambda a: a.stage >= p * v)
+            raise rows.fail(r, i, f"stage {rows.actions[r][i].stage} does not exist: {p} rows "
+                                  f"x stages_per_rank {v} give stages 0..{p * v - 1}")
     if num_microbatches is None:
-        r, (a, col) = _largest(rows, lambda a: a.mb)
-        m = a.mb + 1
-        # Each (stage, mb) needs its own F cell. A count far beyond the cells (with slack for
-        # files still being written) means a corrupt number; trusting it would have the
-        # simulator and the pictures work on a pipeline of that size.
-        if p * v * m > 4 * len(cells) + 1024:
-            raise fail(r, col, f"microbatch {a.mb} implies {m} microbatches x {p * v} stages = "
-                               f"{p * v * m} forward passes, but the file holds only "
-                               f"{len(cells)} cells; is the number corrupt?")
+        m = largest_mb + 1
+        if p * v * m > limit:
+            r, i = rows.first(lambda a: a.mb == largest_mb)
+            raise rows.fail(r, i, f"microbatch {largest_mb} implies {m} microbatches x "
+                                  f"{p * v} stages = {p * v * m} forward passes, but the file "
+                                  f"holds only {count} cells; is the number corrupt?")
     else:
         m = num_microbatches
-        for r, row in enumerate(rows):
-            for a, col in row:
-                if a.mb >= m:
-                    raise fail(r, col, f"microbatch {a.mb} does not exist: num_microbatches={m} "
-                                       f"gives microbatches 0..{m - 1}")
+        if largest_mb >= m:
+            r, i = rows.first(lambda a: a.mb >= m)
+            raise rows.fail(r, i, f"microbatch {rows.actions[r][i].mb} does not exist: "
+                                  f"num_microbatches={m} gives microbatches 0..{m - 1}")
     try:
-        spec = _infer_placement(rows, p, m, v, placement, fail)
+        spec = _infer_placement(rows, p, m, v, placement)
     except SpecError as e:
         raise FormatError(f"the cells imply a spec that is not possible: {e}", path=path) from None
-    return Schedule(spec, tuple(tuple(a for a, _ in row) for row in rows), name)
+    return Schedule(spec, tuple(map(tuple, rows.actions)), name)
 
 
 def _placement(text: str) -> Placement:
@@ -146,16 +193,6 @@ def _placement(text: str) -> Placement:
     except ValueError:
         known = ", ".join(p.value for p in Placement)
         raise SpecError(f"unknown placement {text!r}; use one of: {known}") from None
-
-
-def _rows(text: str, path: str) -> list[list[_Cell]]:
-    if not text.strip():
-        raise FormatError("empty input: a torch-csv schedule has one row per rank",
-                          path=path, line=1, column=1)
-    lines = text.split("\n")
-    if lines[-1] == "":  # the newline that ends the last row
-        lines.pop()
-    return [_row(line.removesuffix("\r"), n, path) for n, line in enumerate(lines, 1)]
 
 
 def _row(line: str, lineno: int, path: str) -> list[_Cell]:
@@ -215,34 +252,17 @@ def _show(cell: str) -> str:
     return repr(cell if len(cell) <= 40 else cell[:40] + "...")
 
 
-def _largest(rows: list[list[_Cell]], field: Callable[[Action], int]) -> tuple[int, _Cell]:
-    """(row, cell) of the first cell with the largest value of ``field(action)``."""
-    return max(
-        ((r, c) for r, row in enumerate(rows) for c in row),
-        key=lambda rc: (field(rc[1][0]), -rc[0], -rc[1][1]),
-    )
-
-
-def _misplaced(spec: PipelineSpec, rows: list[list[_Cell]]) -> tuple[int, _Cell] | None:
-    home: dict[int, int] = {}
-    for r, row in enumerate(rows):
-        for cell in row:
-            s = cell[0].stage
-            h = home.get(s)
-            if h is None:
-                h = home[s] = spec.rank_of(s)
-            if h != r:
-                return r, cell
+def _misplaced(spec: PipelineSpec, rows: _Rows) -> tuple[int, int] | None:
+    """(row, index) of the first action not on the rank ``spec`` gives its stage."""
+    for r, acts in enumerate(rows.actions):
+        wrong = {s for s in {a.stage for a in acts} if spec.rank_of(s) != r}
+        if wrong:
+            return r, next(i for i, a in enumerate(acts) if a.stage in wrong)
     return None
 
 
 def _infer_placement(
-    rows: list[list[_Cell]],
-    p: int,
-    m: int,
-    v: int,
-    placement: Placement | None,
-    fail: Callable[[int, int, str], FormatError],
+    rows: _Rows, p: int, m: int, v: int, placement: Placement | None
 ) -> PipelineSpec:
     """The spec of the rows: the given placement, checked, or the first that fits."""
     tries = [placement] if placement is not None else [Placement.LOOP, Placement.V]
@@ -254,22 +274,16 @@ def _infer_placement(
         bad = _misplaced(spec, rows)
         if bad is None:
             return spec
-        misses.append((spec, bad))
+        misses.append((spec, bad, rows.column(*bad)))
     # Report the placement that fitted the longest prefix of the file; name every miss.
-    spec, (r, (a, col)) = max(misses, key=lambda x: (x[1][0], x[1][1][1]))
-    texts = [
-        f"'{s.placement.value}' puts stage {c[0].stage} on rank {s.rank_of(c[0].stage)}, "
-        f"not on line {rr + 1}'s rank {rr}" + (f" (column {c[1]})" if len(misses) > 1 else "")
-        for s, (rr, c) in misses
-    ]
+    _, (r, i), _ = max(misses, key=lambda x: (x[1][0], x[2]))
+    texts = []
+    for s, (rr, ii), col in misses:
+        a = rows.actions[rr][ii]
+        texts.append(f"'{s.placement.value}' puts stage {a.stage} on rank {s.rank_of(a.stage)}, "
+                     f"not on line {rr + 1}'s rank {rr}"
+                     + (f" (column {col})" if len(misses) > 1 else ""))
     fix = ("move the cell to its rank's row" if placement is not None else
            "move the cell, or give the placement and stages per rank explicitly")
-    raise fail(r, col, f"cell {_show(_text(a))} contradicts the placement: {'; '.join(texts)}; {fix}")
-
-
-def _blank_hint(rows: list[list[_Cell]]) -> str:
-    empty = [str(r + 1) for r, row in enumerate(rows) if not row]
-    if not empty:
-        return ""
-    shown = ", ".join(empty[:5]) + (" ..." if len(empty) > 5 else "")
-    return f" (line {shown} has no actions: every line is a rank, a blank one too)"
+    raise rows.fail(r, i, f"cell {_show(_text(rows.actions[r][i]))} contradicts the placement: "
+                          f"{'; '.join(texts)}; {fix}")

@@ -1,0 +1,331 @@
+"""The per-rank training program: ``torchrun --nproc-per-node P -m pipeblocks.train ...``.
+
+Each rank builds the schedule and the small GPT (the same weights everywhere, from the seed),
+keeps its own stages, joins the process group (env://: gloo on CPU, NCCL with CUDA), and runs
+``--steps`` executor steps on synthetic data. Rank 0 prints a line per step (loss, step time,
+tokens/s) or, with ``--json``, one JSON object at the end. ``pipeblocks train --ranks P``
+starts P of these itself. Options: ``python -m pipeblocks.train --help``.
+
+Step time is the pipeline's makespan: from the earliest rank's start to the latest rank's end
+(one clock on one host), after a barrier; the loss is the mean over the microbatches.
+
+    $ torchrun --nproc-per-node 4 -m pipeblocks.train --schedule 1f1b --microbatches 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from pipeblocks.cli.train import add_train_args
+from pipeblocks.errors import PipeblocksError, SpecError
+from pipeblocks.ir import Schedule, validate
+from pipeblocks.models.gpt import GPTConfig, TinyGPT, lm_loss, synthetic_batch
+from pipeblocks.models.split import ends_layout, split
+from pipeblocks.runtime.emulate import EmulatedStage
+from pipeblocks.runtime.executor import Executor
+from pipeblocks.runtime.faults import Guard, RankFailure
+
+__all__ = ["main", "build_parser", "check_args", "load_schedule", "model_config", "layout_of"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipeblocks.train",
+        description="One pipeline rank (start P of them with torchrun or `pipeblocks train`).",
+    )
+    add_train_args(p, ranks_required=False)
+    return p
+
+
+def load_schedule(args: argparse.Namespace, num_ranks: int) -> Schedule:
+    """The schedule named by ``--schedule`` or read from ``--schedule-file``, validated."""
+    if args.schedule is not None:
+        if args.microbatches is None:
+            raise SpecError("--microbatches is required with --schedule; e.g. --microbatches 8")
+        from pipeblocks.generators import generate
+
+        schedule = generate(args.schedule, num_ranks, args.microbatches, args.stages_per_rank)
+    else:
+        from pipeblocks.ir.formats import load
+
+        options: dict[str, Any] = {}
+        if args.stages_per_rank is not None:
+            options["stages_per_rank"] = args.stages_per_rank
+        if args.microbatches is not None:
+            options["num_microbatches"] = args.microbatches
+        schedule = load(args.schedule_file, **options)
+        if schedule.spec.num_ranks != num_ranks:
+            raise SpecError(
+                f"{args.schedule_file} is a schedule for {schedule.spec.num_ranks} ranks but "
+                f"{num_ranks} were asked for; use --ranks {schedule.spec.num_ranks}"
+            )
+    validate(schedule)
+    return schedule
+
+
+def model_config(args: argparse.Namespace, num_stages: int) -> GPTConfig:
+    """The small GPT's sizes; by default the smallest multiple of the stage count >= 8 blocks."""
+    layers = args.layers or num_stages * math.ceil(8 / num_stages)
+    if args.dim % args.heads:
+        raise SpecError(f"--dim must be a multiple of --heads (got {args.dim} and {args.heads})")
+    return GPTConfig(vocab=args.vocab, seq=args.seq, dim=args.dim, heads=args.heads,
+                     layers=layers)
+
+
+def layout_of(args: argparse.Namespace, cfg: GPTConfig, num_stages: int) -> tuple[int, ...]:
+    """Parts per stage: ``--layout`` blocks (plus embedding and head) or an even spread."""
+    if args.layout is None:
+        return ends_layout(cfg.layers, num_stages)
+    try:
+        blocks = [int(x) for x in args.layout.split(",") if x.strip()]
+    except ValueError:
+        raise SpecError(f"--layout {args.layout!r} is not a comma-separated list of integers") from None
+    if len(blocks) != num_stages:
+        raise SpecError(
+            f"--layout gives {len(blocks)} stages but the schedule has {num_stages} "
+            f"(p * v); give {num_stages} block counts"
+        )
+    if sum(blocks) != cfg.layers or min(blocks) < 0:
+        raise SpecError(f"--layout {args.layout} must be >= 0 per stage and sum to the "
+                        f"{cfg.layers} blocks (--layers)")
+    counts = list(blocks)
+    counts[0] += 1  # the embedding
+    counts[-1] += 1  # the head (and the loss)
+    return tuple(counts)
+
+
+def check_args(args: argparse.Namespace, world: int | None = None) -> Schedule:
+    """Every check that needs no process group: the schedule, the model and its split."""
+    num_ranks = args.ranks or world
+    if num_ranks is None:
+        raise SpecError("give --ranks P (or start under torchrun, which sets WORLD_SIZE)")
+    if world is not None and num_ranks != world:
+        raise SpecError(f"--ranks {num_ranks} but {world} processes were started; "
+                        f"start {num_ranks} (torchrun --nproc-per-node {num_ranks})")
+    if args.emulate_ms is not None and args.check_grads:
+        raise SpecError("--check-grads needs real passes; drop --emulate-ms")
+    schedule = load_schedule(args, num_ranks)
+    cfg = model_config(args, schedule.spec.num_stages)
+    layout_of(args, cfg, schedule.spec.num_stages)
+    return schedule
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _train(args)
+    except SpecError as e:
+        print(f"pipeblocks: error: {e}", file=sys.stderr)
+        return 2
+    except RankFailure as e:
+        print(f"pipeblocks: error: {e}", file=sys.stderr)
+        return 1
+    except PipeblocksError as e:
+        print(f"pipeblocks: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _train(args: argparse.Namespace) -> int:
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.set_num_threads(args.threads)
+    # everything that can be refused is refused here, before any communication
+    schedule = check_args(args, world)
+    spec = schedule.spec
+    S, m = spec.num_stages, spec.num_microbatches
+    cfg = model_config(args, S)
+    model = TinyGPT(cfg, seed=args.seed)
+    parts = split(model, S, layout_of(args, cfg, S))
+    mine = {s: parts[s] for s in spec.stages_of(rank)}
+    cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1 or "MASTER_PORT" in os.environ:
+        dist.init_process_group("nccl" if cuda else "gloo",
+                                timeout=timedelta(seconds=args.timeout + 30))
+    guard = Guard(rank, timeout=args.timeout) if dist.is_initialized() else None
+    try:
+        report = _loop(args, schedule, model, mine, cfg, device, guard)
+    except RankFailure as e:
+        print(f"pipeblocks: error: {e}", file=sys.stderr, flush=True)
+        if guard is not None:
+            time.sleep(5 * guard.poll)  # let the other guards read the fault first
+        os._exit(1)  # the process group may be wedged on a peer that is gone
+    if guard is not None:
+        guard.stop()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    if rank == 0:
+        _print_report(args, report)
+    return 0
+
+
+def _loop(
+    args: argparse.Namespace,
+    schedule: Schedule,
+    model: TinyGPT,
+    mine: dict[int, torch.nn.Module],
+    cfg: GPTConfig,
+    device: torch.device,
+    guard: Guard | None,
+) -> dict[str, Any]:
+    spec = schedule.spec
+    S, m, v = spec.num_stages, spec.num_microbatches, spec.stages_per_rank
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    mbs = args.microbatch_size
+    batch = m * mbs
+    if args.emulate_ms is not None:
+        runners: dict[int, Any] = {
+            s: EmulatedStage(s, S, args.emulate_ms, (mbs, cfg.seq, cfg.dim), device=device)
+            for s in mine
+        }
+        ex = Executor(schedule, runners, None, None, guard=guard, device=device,
+                      measure_memory=False)
+    else:
+        for mod in mine.values():
+            mod.to(device)
+        params = [p for mod in mine.values() for p in mod.parameters()]
+        opt = torch.optim.Adam(params, lr=args.lr) if params else None
+        ex = Executor(schedule, mine, lm_loss, opt, guard=guard, device=device,
+                      measure_memory=args.memory)
+    names = {id(p): n for n, p in model.named_parameters()}
+    comm_ms = _ping(cfg, mbs, device) if args.emulate_ms is not None else None
+    steps: list[dict[str, Any]] = []
+    grads: dict[str, torch.Tensor] = {}
+    peak = 0
+    for step in range(args.steps):
+        tokens, targets = synthetic_batch(cfg, batch, seed=args.seed, step=step)
+        tokens, targets = tokens.to(device), targets.to(device)
+        if dist.is_initialized():
+            dist.barrier()
+        res = ex.step(tokens, targets)
+        if step == 0 and args.check_grads:
+            grads = {names[id(p)]: p.grad.detach().cpu().clone()
+                     for mod in mine.values() for p in mod.parameters() if p.grad is not None}
+        peak = max(peak, res.peak_activation_bytes)
+        # one clock on one host: the makespan is the latest end minus the earliest start
+        t = torch.tensor([-res.start, res.end, res.loss if res.loss is not None else -math.inf],
+                         dtype=torch.float64, device=device)
+        if dist.is_initialized():
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        ms = (float(t[0]) + float(t[1])) * 1e3
+        loss = float(t[2]) if math.isfinite(float(t[2])) else None
+        steps.append({"step": step + 1, "ms": ms, "loss": loss})
+        if rank == 0 and not args.json:
+            tok_s = batch * cfg.seq / (ms / 1e3)
+            shown = f"{loss:.4f}" if loss is not None else "-"
+            print(f"step {step + 1:>3}/{args.steps}  loss {shown}  step {ms:8.1f} ms  "
+                  f"{tok_s:9,.0f} tokens/s", flush=True)
+    gathered: list[Any] = [(rank, peak, grads)]
+    if dist.is_initialized():
+        gathered = [None] * dist.get_world_size() if rank == 0 else []
+        dist.gather_object((rank, peak, grads), gathered if rank == 0 else None, dst=0)
+    if rank != 0:
+        return {}
+    step_ms = [s["ms"] for s in steps]
+    median = statistics.median(step_ms)
+    report: dict[str, Any] = {
+        "schedule": schedule.name or str(args.schedule_file),
+        "ranks": spec.num_ranks,
+        "microbatches": m,
+        "stages_per_rank": v,
+        "placement": spec.placement.value,
+        "steps": args.steps,
+        "backend": dist.get_backend() if dist.is_initialized() else "none",
+        "step_ms": step_ms,
+        "step_ms_median": median,
+        "tokens_per_s": batch * cfg.seq / (median / 1e3),
+        "loss": [s["loss"] for s in steps],
+    }
+    if args.memory:
+        report["peak_activation_bytes"] = [g[1] for g in sorted(gathered)]
+    if args.check_grads:
+        report.update(_check(args, cfg, batch, {k: g for _, _, gs in gathered for k, g in gs.items()},
+                             steps[0]["loss"]))
+    if args.emulate_ms is not None:
+        from pipeblocks.sim import UniformCosts, simulate
+
+        x = args.emulate_ms
+        # UniformCosts times are per rank and divided by v per stage: pass x * v so that every
+        # stage pass takes x ms, as the emulated stages sleep
+        sim = simulate(schedule, UniformCosts(f=x * v, b=x * v, w=x * v, comm=comm_ms or 0.0))
+        report.update({"emulate_ms": x, "comm_ms": comm_ms, "simulated_ms": sim.makespan,
+                       "measured_over_simulated": median / sim.makespan})
+    return report
+
+
+def _check(
+    args: argparse.Namespace, cfg: GPTConfig, batch: int, grads: dict[str, torch.Tensor],
+    loss: float | None,
+) -> dict[str, Any]:
+    """The unpartitioned model on step 1's batch, in this process: the largest differences."""
+    ref = TinyGPT(cfg, seed=args.seed)
+    tokens, targets = synthetic_batch(cfg, batch, seed=args.seed, step=0)
+    ref_loss = lm_loss(ref(tokens), targets)
+    ref_loss.backward()
+    want = {n: p.grad for n, p in ref.named_parameters() if p.grad is not None}
+    if set(want) != set(grads):
+        missing = sorted(set(want) ^ set(grads))[:3]
+        raise PipeblocksError(f"--check-grads: the pipeline and the reference differ in which "
+                              f"parameters have gradients (e.g. {missing})")
+    diff = max(float((grads[n] - g).abs().max()) for n, g in want.items())
+    return {"grad_max_abs_diff": diff,
+            "loss_abs_diff": abs(loss - ref_loss.item()) if loss is not None else None,
+            "reference_loss": ref_loss.item()}
+
+
+def _ping(cfg: GPTConfig, mbs: int, device: torch.device) -> float:
+    """One-way time (ms) of one activation between ranks 0 and 1: median of 20 round trips."""
+    if not dist.is_initialized() or dist.get_world_size() < 2:
+        return 0.0
+    rank = dist.get_rank()
+    buf = torch.zeros(mbs, cfg.seq, cfg.dim, device=device)
+    times = []
+    for _ in range(25):
+        if rank == 0:
+            t0 = time.perf_counter()
+            dist.send(buf, 1)
+            dist.recv(buf, 1)
+            times.append(time.perf_counter() - t0)
+        elif rank == 1:
+            dist.recv(buf, 0)
+            dist.send(buf, 0)
+    out = torch.tensor([statistics.median(times[5:]) / 2 * 1e3 if times else 0.0],
+                       dtype=torch.float64, device=device)
+    dist.broadcast(out, src=0)
+    return float(out)
+
+
+def _print_report(args: argparse.Namespace, r: dict[str, Any]) -> None:
+    if args.json:
+        print(json.dumps(r))
+        return
+    print(f"{r['schedule']} on {r['ranks']} ranks, {r['microbatches']} microbatches: median "
+          f"step {r['step_ms_median']:.1f} ms, {r['tokens_per_s']:,.0f} tokens/s")
+    if "peak_activation_bytes" in r:
+        mib = ", ".join(f"{b / 2**20:.2f}" for b in r["peak_activation_bytes"])
+        print(f"peak activation memory per rank (MiB): {mib}")
+    if "grad_max_abs_diff" in r:
+        print(f"check against the unpartitioned model: grad_max_abs_diff "
+              f"{r['grad_max_abs_diff']:.3g}, loss_abs_diff {r['loss_abs_diff']:.3g}")
+    if "simulated_ms" in r:
+        print(f"emulated {r['emulate_ms']:g} ms per pass: simulated {r['simulated_ms']:.1f} ms "
+              f"(comm {r['comm_ms']:.3f} ms), measured / simulated "
+              f"{r['measured_over_simulated']:.3f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
