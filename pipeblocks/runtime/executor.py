@@ -241,11 +241,16 @@ class Executor:
                     posted[comm.transfer] = (work, post.tensor)
             batch.clear()
 
+        peer: list[Any] = [None]  # (rank, what) while blocked on a message
+
         def take(t: Transfer) -> torch.Tensor:
             nonlocal ready
             work, buf = posted.pop(t)
-            with self._waiting(f"{t} from rank {spec.rank_of(t.src_stage)}"):
+            what = f"{t} from rank {spec.rank_of(t.src_stage)}"
+            peer[0] = (spec.rank_of(t.src_stage), what)
+            with self._waiting(what):
                 work.wait()
+            peer[0] = None
             ready = time.perf_counter()
             return buf
 
@@ -317,15 +322,14 @@ class Executor:
             flush()
             self._where("the end of the step (sends completing)")
             for work, tensor in sends:
+                peer[0] = ("a peer", "the last sends to complete")
                 with self._waiting(f"a send of {tuple(tensor.shape)} to complete"):
                     work.wait()
         except RankFailure:
             raise
         except Exception as e:
             where = op_text(op) if op is not None else "the step"
-            msg = f"rank {me} failed in {where}: {type(e).__name__}: {e}"
-            cause = self.guard.fail(msg) if self.guard is not None else msg
-            raise RankFailure(cause) from e
+            raise self._failure(where, e, peer[0]) from e
         out = None
         if losses:
             out = tuple(float(losses[j]) for j in range(spec.num_microbatches))
@@ -377,8 +381,7 @@ class Executor:
         except RankFailure:
             raise
         except Exception as e:
-            msg = f"rank {me} failed in the shape handshake: {type(e).__name__}: {e}"
-            raise RankFailure(self.guard.fail(msg) if self.guard else msg) from e
+            raise self._failure("the shape handshake", e, None) from e
 
     def _out_meta(self, s: int, x: torch.Tensor) -> tuple[tuple[int, ...], torch.dtype]:
         runner = self.runners[s]
@@ -393,6 +396,25 @@ class Executor:
         return tuple(out.shape), out.dtype
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _failure(self, where: str, e: Exception, peer: tuple[Any, str] | None) -> RankFailure:
+        """The error to stop with, naming the rank that failed first and its pass.
+
+        A transport error while waiting on a peer usually means the peer died: give the
+        launcher (which watches the processes) a moment to post that root cause.
+        """
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        detail = f"{type(e).__name__}: {text[:300]}"
+        if peer is not None:
+            rank, what = peer
+            msg = (f"rank {self.rank} lost rank {rank} in {where} (waiting for {what}): "
+                   f"{detail}")
+            if self.guard is not None:
+                posted = self.guard.posted(within=2.0)
+                return RankFailure(posted or self.guard.fail(msg))
+            return RankFailure(msg)
+        msg = f"rank {self.rank} failed in {where}: {detail}"
+        return RankFailure(self.guard.fail(msg) if self.guard is not None else msg)
 
     def _where(self, what: str) -> None:
         if self.guard is not None:

@@ -99,15 +99,19 @@ class Guard:
         """Post this rank's fault (unless another is already posted); return the root cause."""
         return post_fault(self.store, message)
 
-    def posted(self) -> str:
-        """The fault posted so far, or ""."""
-        try:
-            if self.store.check([FAULT_KEY]):
-                value = self.store.get(FAULT_KEY)
-                return value.decode() if isinstance(value, bytes) else str(value)
-        except Exception:
-            return ""
-        return ""
+    def posted(self, within: float = 0.0) -> str:
+        """The fault posted so far (waiting up to ``within`` seconds for one), or ""."""
+        end = time.monotonic() + within
+        while True:
+            try:
+                if self.store.check([FAULT_KEY]):
+                    value = self.store.get(FAULT_KEY)
+                    return value.decode() if isinstance(value, bytes) else str(value)
+            except Exception:
+                return ""
+            if time.monotonic() >= end:
+                return ""
+            time.sleep(0.05)
 
     def stop(self) -> None:
         self._stop.set()
