@@ -144,11 +144,11 @@ def _train(args: argparse.Namespace) -> int:
     # everything that can be refused is refused here, before any communication
     schedule = check_args(args, world)
     spec = schedule.spec
-    S, m = spec.num_stages, spec.num_microbatches
+    S = spec.num_stages
     cfg = model_config(args, S)
     model = TinyGPT(cfg, seed=args.seed)
     parts = split(model, S, layout_of(args, cfg, S))
-    mine = {s: parts[s] for s in spec.stages_of(rank)}
+    mine: dict[int, torch.nn.Module] = {s: parts[s] for s in spec.stages_of(rank)}
     cuda = torch.cuda.is_available()
     device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
     if cuda:
@@ -159,11 +159,16 @@ def _train(args: argparse.Namespace) -> int:
     guard = Guard(rank, timeout=args.timeout) if dist.is_initialized() else None
     try:
         report = _loop(args, schedule, model, mine, cfg, device, guard)
-    except RankFailure as e:
-        print(f"pipeblocks: error: {e}", file=sys.stderr, flush=True)
+    except Exception as e:
+        message = str(e)
+        if not isinstance(e, RankFailure):  # outside a pass: still stop the others at once
+            message = f"rank {rank} failed: {type(e).__name__}: {e}"
+            if guard is not None:
+                guard.fail(message)
+        print(f"pipeblocks: error: {message}", file=sys.stderr, flush=True)
         if guard is not None:
             time.sleep(5 * guard.poll)  # let the other guards read the fault first
-        os._exit(1)  # the process group may be wedged on a peer that is gone
+        os._exit(2 if isinstance(e, SpecError) else 1)  # the group may wait on a dead peer
     if guard is not None:
         guard.stop()
     if dist.is_initialized():
@@ -222,7 +227,8 @@ def _loop(
         if dist.is_initialized():
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
         ms = (float(t[0]) + float(t[1])) * 1e3
-        loss = float(t[2]) if math.isfinite(float(t[2])) else None
+        # emulated passes compute no loss
+        loss = float(t[2]) if math.isfinite(float(t[2])) and args.emulate_ms is None else None
         steps.append({"step": step + 1, "ms": ms, "loss": loss})
         if rank == 0 and not args.json:
             tok_s = batch * cfg.seq / (ms / 1e3)
@@ -288,24 +294,31 @@ def _check(
 
 
 def _ping(cfg: GPTConfig, mbs: int, device: torch.device) -> float:
-    """One-way time (ms) of one activation between ranks 0 and 1: median of 20 round trips."""
+    """One-way time (ms) of one activation from rank 0 to rank 1 (median of 20).
+
+    As on a pipeline's critical path, the receiver is already waiting when the message is
+    posted; both ends read the same host clock, so no round trip is needed.
+    """
     if not dist.is_initialized() or dist.get_world_size() < 2:
         return 0.0
     rank = dist.get_rank()
     buf = torch.zeros(mbs, cfg.seq, cfg.dim, device=device)
-    times = []
+    stamp = torch.zeros(1, dtype=torch.float64, device=device)
+    delays = []
     for _ in range(25):
         if rank == 0:
-            t0 = time.perf_counter()
+            time.sleep(0.002)  # let rank 1 block in its receive first
+            stamp[0] = time.perf_counter()
             dist.send(buf, 1)
-            dist.recv(buf, 1)
-            times.append(time.perf_counter() - t0)
+            dist.send(stamp, 1)
         elif rank == 1:
             dist.recv(buf, 0)
-            dist.send(buf, 0)
-    out = torch.tensor([statistics.median(times[5:]) / 2 * 1e3 if times else 0.0],
+            got = time.perf_counter()
+            dist.recv(stamp, 0)
+            delays.append(got - float(stamp[0]))
+    out = torch.tensor([statistics.median(delays[5:]) * 1e3 if delays else 0.0],
                        dtype=torch.float64, device=device)
-    dist.broadcast(out, src=0)
+    dist.broadcast(out, src=1)
     return float(out)
 
 

@@ -20,6 +20,11 @@ from pipeblocks.ir import Schedule, validate
 from pipeblocks.sim import Simulation, simulate
 
 
+# Bounds that keep a picture's pixels (and the memory to render them) finite and sane.
+_MAX_DPI = 1200.0
+_MAX_WIDTH_IN = 200.0
+
+
 def _fraction(text: str) -> float:
     """argparse type: a number > 0 (a multiple of 1F1B's peak)."""
     try:
@@ -90,7 +95,7 @@ def _schedules(args: argparse.Namespace) -> list[Schedule]:
         elif args.placement is not None:
             raise SpecError(f"--placement only applies to PyTorch CSV files; {args.schedule} "
                             f"sets its own")
-        schedule = load(args.schedule, **options)
+        schedule = load(Path(args.schedule), **options)  # a path, never text
         spec = schedule.spec
         for flag, given, actual in (("-p", args.p, spec.num_ranks),
                                     ("-m", args.m, spec.num_microbatches),
@@ -127,8 +132,10 @@ def run(args: argparse.Namespace) -> int:
                         f"or .pdf")
     if not out.parent.is_dir():
         return die(f"-o {args.output}: folder {str(out.parent)!r} does not exist", 1)
-    if not args.dpi > 0:
-        raise SpecError(f"--dpi must be > 0 (got {args.dpi})")
+    if not 0 < args.dpi <= _MAX_DPI:
+        raise SpecError(f"--dpi must be > 0 and at most {_MAX_DPI:g} (got {args.dpi})")
+    if args.width is not None and not args.width <= _MAX_WIDTH_IN:  # also refuses nan
+        raise SpecError(f"--width must be at most {_MAX_WIDTH_IN:g} inches (got {args.width})")
     costs = build_costs(args)
     schedules = _schedules(args)
     sims: list[Simulation] = []

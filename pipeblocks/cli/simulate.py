@@ -14,6 +14,8 @@ JSON, see docs/simulator.md) or ``--model`` with ``--machine`` (the transformer 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from pathlib import Path
 from typing import Any
 
 from pipeblocks.cli.common import add_cost_args, emit_json, parse_cost, positive_int
@@ -64,6 +66,19 @@ def _pairs(flag: str, text: str, keys: dict[str, str], ints: bool) -> dict[str, 
     return out
 
 
+def _make(cls: Any, flag: str, fields: dict[str, Any], example: str) -> Any:
+    """``cls(**fields)``; a missing required field is a SpecError naming it, not a TypeError."""
+    keys: dict[str, str] = {}  # field -> its shortest key ("seq" for seq_len)
+    for k, v in sorted((_MODEL_KEYS | _MACHINE_KEYS).items(), key=lambda kv: -len(kv[0])):
+        keys[v] = k
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.name not in fields]
+    if required:
+        need = ", ".join(keys.get(f, f) for f in required)
+        raise SpecError(f"{flag} lacks {need}; write e.g. {flag} {example}")
+    return cls(**fields)
+
+
 def add_costs_args(parser: argparse.ArgumentParser) -> None:
     """--cost, --costs FILE, --model, --machine, --memory-model (shared with ``compare``)."""
     add_cost_args(parser)
@@ -85,14 +100,14 @@ def build_costs(args: argparse.Namespace) -> CostModel:
                                         ("--machine", args.machine)) if value]
     if len(sources) > 1:
         raise SpecError(f"give one source of times, not {' and '.join(sources)}")
-    model = TransformerModel(**_pairs("--model", args.model, _MODEL_KEYS, True)) \
-        if args.model else None
+    model = _make(TransformerModel, "--model", _pairs("--model", args.model, _MODEL_KEYS, True),
+                  "layers=24,hidden=2048,heads=16,seq=2048") if args.model else None
     costs: CostModel
     if args.machine:
         if model is None:
             raise SpecError("--machine needs --model (the transformer whose passes it times)")
-        costs = TransformerCosts(model, Machine(**_pairs("--machine", args.machine,
-                                                         _MACHINE_KEYS, False)))
+        costs = TransformerCosts(model, _make(Machine, "--machine", _pairs(
+            "--machine", args.machine, _MACHINE_KEYS, False), "flops=3e14"))
     elif args.costs:
         costs = load_costs(args.costs)
     else:
@@ -139,7 +154,7 @@ def _schedule(args: argparse.Namespace) -> Schedule:
                             "and --stages-per-rank")
         from pipeblocks.ir.formats import load  # lazily: only this path needs the readers
 
-        schedule = load(args.schedule)
+        schedule = load(Path(args.schedule))  # a path, never the text itself
     else:
         if not args.name or args.p is None or args.m is None:
             raise SpecError("simulate needs NAME -p P -m M, or --schedule FILE")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeblocks.cli.common import positive_int
+from pipeblocks.cli.common import one_line_errors, positive_int
 
 __all__ = ["register", "run", "add_train_args", "to_argv", "MODELS"]
 
@@ -88,6 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     add_train_args(p, ranks_required=True)
     p.set_defaults(func=run)
+    one_line_errors(p)
 
 
 def to_argv(args: argparse.Namespace) -> list[str]:
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeblocks.runtime.launch import launch
 
     cmd = [sys.executable, "-m", "pipeblocks.train", *to_argv(args)]
-    result = launch(cmd, args.ranks, grace=min(args.timeout, 10.0) + 5.0)
+    result = launch(cmd, args.ranks, grace=min(args.timeout, 10.0) + 5.0, threads=args.threads)
     if result.ok:
         return 0
     bad = [r for r, c in enumerate(result.codes) if c != 0]

@@ -22,6 +22,10 @@ __all__ = ["Generator", "register", "get", "names", "generators", "generate"]
 
 GenerateFn = Callable[[PipelineSpec], Schedule]
 
+# The largest num_stages * num_microbatches a generator is asked to build: about 3M passes,
+# tens of seconds and a few GB. p=1024, m=1024 fits; p=10**20 fails at once instead of hanging.
+MAX_PAIRS = 2**20
+
 
 @dataclass(frozen=True, slots=True)
 class Generator:
@@ -57,6 +61,13 @@ class Generator:
                 f"'{spec.placement.value}'); build the spec with Generator.spec()"
             )
         self.spec(spec.num_ranks, spec.num_microbatches, spec.stages_per_rank)
+        pairs = spec.num_stages * spec.num_microbatches
+        if pairs > MAX_PAIRS:  # refuse at once what would take hours and all memory to build
+            raise SpecError(
+                f"a schedule for {spec.describe()} has {pairs:.3g} (stage, microbatch) pairs, "
+                f"more than the {MAX_PAIRS:,} pipeblocks builds (about 3 passes each); use "
+                f"fewer ranks, stages per rank or microbatches"
+            )
         return self.fn(spec).renamed(self.name)
 
 

@@ -45,15 +45,7 @@ from pipeblocks.ir.lowering import Comm, CommOp, LoweredSchedule, Payload, Trans
 from pipeblocks.ir.schedule import Schedule
 from pipeblocks.ir.validate import validate
 from pipeblocks.runtime.faults import Guard, RankFailure
-from pipeblocks.runtime.p2p import (
-    META_LEN,
-    P2P,
-    Post,
-    decode_meta,
-    encode_meta,
-    handshake_tag,
-    tag_of,
-)
+from pipeblocks.runtime.p2p import P2P, Post, agree_shapes, tag_of
 from pipeblocks.runtime.stage import LossFn, Stage, shared_parameters
 
 __all__ = ["Executor", "StepResult", "StageRunner", "check_stages"]
@@ -185,6 +177,7 @@ class Executor:
         self.record = record
         self._param_ptrs = {p.data_ptr() for p in params}
         self._meta: dict[int, tuple[tuple[int, ...], torch.dtype]] = {}  # stage -> its input
+        self._mb_shape: tuple[int, ...] = ()
         self.steps = 0
 
     # -- public ------------------------------------------------------------------------------
@@ -197,11 +190,19 @@ class Executor:
         """
         m = self.spec.num_microbatches
         inputs = _split(batch, m, "batch")
-        tgts = _split(targets, m, "targets") if targets is not None else [None] * m
+        tgts: list[torch.Tensor | None] = (
+            list(_split(targets, m, "targets")) if targets is not None else [None] * m)
         if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)
-        if not self._meta:
+        if not self._mb_shape:
             self._handshake(inputs[0])
+            self._mb_shape = tuple(inputs[0].shape)
+        elif tuple(inputs[0].shape) != self._mb_shape:
+            raise SpecError(
+                f"microbatches of shape {tuple(inputs[0].shape)} but the first step agreed on "
+                f"{self._mb_shape}; every step needs the same batch size (drop the last, "
+                f"partial batch)"
+            )
         start = time.perf_counter()
         losses, peak, trace = self._run(inputs, tgts, start)
         if self.optimizer is not None:
@@ -220,7 +221,7 @@ class Executor:
         posted: dict[Transfer, tuple[Any, torch.Tensor]] = {}
         outbox: dict[Transfer, torch.Tensor] = {}
         local: dict[tuple[Payload, int, int], torch.Tensor] = {}  # V turn hand-overs
-        sends: list[tuple[Any, torch.Tensor]] = []
+        sends: list[tuple[Any, Comm, torch.Tensor]] = []  # the tensor lives until sent
         batch: list[tuple[Comm, Post]] = []
         losses: dict[int, torch.Tensor] = {}
         held: dict[tuple[int, int], int] = {}
@@ -236,7 +237,7 @@ class Executor:
             works = self.p2p.post([post for _, post in batch])
             for (comm, post), work in zip(batch, works, strict=True):
                 if comm.op is CommOp.SEND:
-                    sends.append((work, post.tensor))
+                    sends.append((work, comm, post.tensor))
                 else:
                     posted[comm.transfer] = (work, post.tensor)
             batch.clear()
@@ -246,9 +247,10 @@ class Executor:
         def take(t: Transfer) -> torch.Tensor:
             nonlocal ready
             work, buf = posted.pop(t)
-            what = f"{t} from rank {spec.rank_of(t.src_stage)}"
-            peer[0] = (spec.rank_of(t.src_stage), what)
-            with self._waiting(what):
+            src = spec.rank_of(t.src_stage)
+            what = f"{t} from rank {src}"
+            peer[0] = (src, what)
+            with self._waiting(what, src):
                 work.wait()
             peer[0] = None
             ready = time.perf_counter()
@@ -321,79 +323,34 @@ class Executor:
                         (str(a), t0 - start, ready - start, time.perf_counter() - start))
             flush()
             self._where("the end of the step (sends completing)")
-            for work, tensor in sends:
-                peer[0] = ("a peer", "the last sends to complete")
-                with self._waiting(f"a send of {tuple(tensor.shape)} to complete"):
+            for work, comm, _ in sends:
+                what = f"{comm.transfer} to rank {comm.peer} to complete"
+                peer[0] = (comm.peer, what)
+                with self._waiting(what, comm.peer):
                     work.wait()
         except RankFailure:
             raise
         except Exception as e:
             where = op_text(op) if op is not None else "the step"
             raise self._failure(where, e, peer[0]) from e
-        out = None
+        mb_losses = None
         if losses:
-            out = tuple(float(losses[j]) for j in range(spec.num_microbatches))
-        return out, peak, trace
+            mb_losses = tuple(float(losses[j]) for j in range(spec.num_microbatches))
+        return mb_losses, peak, trace
 
     # -- shapes ------------------------------------------------------------------------------
 
     def _handshake(self, first_input: torch.Tensor) -> None:
-        """Agree on the shape and dtype entering every stage, along the stage chain.
-
-        Each rank takes its stages in forward order: it learns a stage's input shape (from the
-        microbatch, from its own previous stage, or from a message of the previous stage's
-        rank), runs the stage once without grad to learn its output, and sends that on. Sends
-        are non-blocking and every receive waits only on a smaller stage, so this cannot lock.
-        """
-        spec, me, S, m = self.spec, self.rank, self.spec.num_stages, self.spec.num_microbatches
         self._where("the shape handshake")
-        sends = []
-        out_meta: dict[int, tuple[tuple[int, ...], torch.dtype]] = {}
         try:
-            for s in sorted(self.runners):
-                if s == 0:
-                    x = first_input
-                else:
-                    if spec.rank_of(s - 1) == me:
-                        shape, dtype = out_meta[s - 1]
-                    else:
-                        meta = torch.empty(META_LEN, dtype=torch.int64)
-                        assert self.p2p is not None
-                        (work,) = self.p2p.post(
-                            [Post(False, meta, spec.rank_of(s - 1), handshake_tag(s, S, m))])
-                        with self._waiting(f"the shape of stage {s}'s input"):
-                            work.wait()
-                        shape, dtype = decode_meta(meta)
-                    self._meta[s] = (shape, dtype)
-                    x = torch.zeros(shape, dtype=dtype, device=self.device)
-                if s == S - 1:
-                    continue
-                out_meta[s] = self._out_meta(s, x)
-                self._meta[s + 1] = out_meta[s]  # the gradient coming back has this shape too
-                if spec.rank_of(s + 1) != me:
-                    assert self.p2p is not None
-                    t = encode_meta(*out_meta[s])
-                    sends += [(w, t) for w in self.p2p.post(
-                        [Post(True, t, spec.rank_of(s + 1), handshake_tag(s + 1, S, m))])]
-            for work, _ in sends:
-                with self._waiting("a shape message to be received"):
-                    work.wait()
+            self._meta = agree_shapes(self.spec, self.rank, self.runners, first_input, self.p2p,
+                                      self.device, self._waiting)
+            log.debug("rank %d: tensors entering its stages and the next: %s", self.rank,
+                      self._meta)
         except RankFailure:
             raise
         except Exception as e:
             raise self._failure("the shape handshake", e, None) from e
-
-    def _out_meta(self, s: int, x: torch.Tensor) -> tuple[tuple[int, ...], torch.dtype]:
-        runner = self.runners[s]
-        if hasattr(runner, "out_meta"):
-            return runner.out_meta(x)  # type: ignore[no-any-return]
-        module = runner.module  # type: ignore[attr-defined]
-        with torch.no_grad():
-            out = module(x)
-        if not isinstance(out, torch.Tensor):
-            raise SpecError(f"stage {s} returned {type(out).__name__}; a stage maps one tensor "
-                            f"to one tensor")
-        return tuple(out.shape), out.dtype
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -405,23 +362,26 @@ class Executor:
         """
         text = str(e).strip().splitlines()[0] if str(e).strip() else ""
         detail = f"{type(e).__name__}: {text[:300]}"
-        if peer is not None:
-            rank, what = peer
-            msg = (f"rank {self.rank} lost rank {rank} in {where} (waiting for {what}): "
-                   f"{detail}")
-            if self.guard is not None:
-                posted = self.guard.posted(within=2.0)
-                return RankFailure(posted or self.guard.fail(msg))
+        if peer is None:
+            msg = f"rank {self.rank} failed in {where}: {detail}"
+            return RankFailure(self.guard.fail(msg) if self.guard is not None else msg)
+        rank, what = peer
+        here = f"rank {self.rank} stops in {where} (waiting for {what})"
+        msg = f"rank {self.rank} lost rank {rank} in {where} (waiting for {what}): {detail}"
+        if self.guard is None:
             return RankFailure(msg)
-        msg = f"rank {self.rank} failed in {where}: {detail}"
-        return RankFailure(self.guard.fail(msg) if self.guard is not None else msg)
+        cause = self.guard.posted(within=2.0) or self.guard.fail(msg)
+        self.guard.stand_down()
+        return RankFailure(cause if cause == msg else f"{here}: {cause}")
 
     def _where(self, what: str) -> None:
         if self.guard is not None:
             self.guard.where = what
 
-    def _waiting(self, what: str) -> contextlib.AbstractContextManager[None]:
-        return self.guard.waiting(what) if self.guard is not None else contextlib.nullcontext()
+    def _waiting(self, what: str, peer: int = -1) -> contextlib.AbstractContextManager[None]:
+        if self.guard is None:
+            return contextlib.nullcontext()
+        return self.guard.waiting(what, peer)
 
 
 def _split(t: torch.Tensor, m: int, what: str) -> list[torch.Tensor]:

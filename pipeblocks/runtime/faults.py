@@ -9,9 +9,10 @@ store (the launcher's, or torchrun's agent store):
   this rank stops and where it was (``rank 1 stops in 1B3 (waiting for grad 2->1 #3 from rank
   2): rank 2 failed in 2F3: ...``) and ends the process with exit code 1: its main thread may
   be blocked inside a transport call that nothing else would interrupt.
-- A rank that waits longer than ``timeout`` seconds for one message posts a timeout fault
-  naming the peer and the transfer, so a rank that hangs, or dies without a word, stops the
-  others too. The launcher also posts ``rank r died (signal 9)`` when a process ends badly.
+- A rank that waits longer than ``timeout`` seconds for one message posts a timeout fault. It
+  follows the chain of waiting ranks (each guard publishes where its rank is) to the one that
+  makes no progress: ``rank 1 is stuck in 1F2: rank 2 timed out after 60 s in 2F2 waiting for
+  act 1->2 #2 from rank 1``. So a rank that hangs, or dies without a word, stops the others. The launcher also posts ``rank r died (signal 9)`` when a process ends badly.
 - A lost store (the launcher is gone) stops the rank as well.
 
     >>> describe_exit(-9), describe_exit(3)
@@ -21,7 +22,6 @@ store (the launcher's, or torchrun's agent store):
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import sys
@@ -34,9 +34,8 @@ import torch.distributed as dist
 
 __all__ = ["Guard", "RankFailure", "FAULT_KEY", "describe_exit", "post_fault", "store_client"]
 
-log = logging.getLogger(__name__)
-
 FAULT_KEY = "pipeblocks/fault"
+_STATE = "pipeblocks/state/"  # + rank: "<where>\t<rank waited on, or -1>"
 
 
 class RankFailure(RuntimeError):
@@ -81,23 +80,33 @@ class Guard:
         self.poll = poll
         self.store = store if store is not None else store_client(max(timeout, 10.0))
         self.where = "start-up"  # the pass or phase the main thread is in
-        self._wait: tuple[str, float] | None = None  # (what, since) while blocked on a message
+        # (what, since, peer) while the main thread is blocked on a message
+        self._wait: tuple[str, float, int] | None = None
+        self._state = ""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="pipeblocks-guard", daemon=True)
         self._thread.start()
 
     @contextlib.contextmanager
-    def waiting(self, what: str) -> Iterator[None]:
-        """Mark the main thread as blocked on ``what`` (a message from a peer)."""
-        self._wait = (what, time.monotonic())
+    def waiting(self, what: str, peer: int = -1) -> Iterator[None]:
+        """Mark the main thread as blocked on ``what`` (a message from rank ``peer``)."""
+        self._wait = (what, time.monotonic(), peer)
         try:
             yield
         finally:
             self._wait = None
 
     def fail(self, message: str) -> str:
-        """Post this rank's fault (unless another is already posted); return the root cause."""
+        """Post this rank's fault (unless another is already posted); return the root cause.
+
+        The main thread then reports and exits by itself, so the watchdog stands down.
+        """
+        self.stand_down()
         return post_fault(self.store, message)
+
+    def stand_down(self) -> None:
+        """The main thread reports the fault and exits by itself: stop watching."""
+        self._stop.set()
 
     def posted(self, within: float = 0.0) -> str:
         """The fault posted so far (waiting up to ``within`` seconds for one), or ""."""
@@ -120,6 +129,7 @@ class Guard:
     def _watch(self) -> None:
         while not self._stop.wait(self.poll):
             try:
+                self._publish()
                 cause = ""
                 if self.store.check([FAULT_KEY]):
                     value = self.store.get(FAULT_KEY)
@@ -130,18 +140,46 @@ class Guard:
                 wait = self._wait
                 if wait is None or time.monotonic() - wait[1] <= self.timeout:
                     continue
-                cause = self.fail(
-                    f"rank {self.rank} timed out after {self.timeout:g} s in {self.where} "
-                    f"waiting for {wait[0]}"
-                )
-            if self._stop.is_set():
+                cause = post_fault(self.store, self._timeout_message(*wait))
+            if self._stop.is_set():  # stopped, or the main thread failed and reports itself
                 return
             self._exit(cause)
 
+    def _publish(self) -> None:
+        """Tell the other guards where this rank is (read when one of them times out)."""
+        wait = self._wait
+        state = f"{self.where}\t{wait[2] if wait else -1}"
+        if state != self._state:
+            self.store.set(f"{_STATE}{self.rank}", state)
+            self._state = state
+
+    def _timeout_message(self, what: str, since: float, peer: int) -> str:
+        """Follow the chain of waiting ranks to the one that makes no progress."""
+        waited = f"rank {self.rank} timed out after {self.timeout:g} s in {self.where} " \
+                 f"waiting for {what}"
+        chain, rank, where = [self.rank], peer, ""
+        try:
+            while rank >= 0 and rank not in chain:
+                chain.append(rank)
+                if not self.store.check([f"{_STATE}{rank}"]):
+                    break
+                where, _, nxt = self.store.get(f"{_STATE}{rank}").decode().partition("\t")
+                rank = int(nxt)
+        except Exception:
+            return waited
+        if rank >= 0 and rank in chain:
+            ring = " -> ".join(map(str, chain[chain.index(rank):] + [rank]))
+            return f"ranks {ring} wait on each other (a deadlock): {waited}"
+        stuck = chain[-1]
+        if stuck == self.rank or not where:
+            return waited
+        return f"rank {stuck} is stuck in {where}: {waited}"
+
     def _exit(self, cause: str) -> None:
         where = self.where + (f" (waiting for {self._wait[0]})" if self._wait else "")
-        print(f"pipeblocks: error: rank {self.rank} stops in {where}: {cause}",
-              file=sys.stderr, flush=True)
-        log.error("rank %d stops in %s: %s", self.rank, where, cause)
+        # print, not log: the process ends at once and the launcher shows stderr as is
+        line = cause if cause.startswith(f"rank {self.rank} ") else (
+            f"rank {self.rank} stops in {where}: {cause}")
+        print(f"pipeblocks: error: {line}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(1)

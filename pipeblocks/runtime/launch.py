@@ -25,6 +25,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch.distributed as dist
 
@@ -92,7 +93,7 @@ def launch(
     start = time.monotonic()
     store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
                           timeout=timedelta(seconds=60))
-    files = []
+    files: list[tuple[Any, Any]] = []
     procs: list[subprocess.Popen[bytes]] = []
     base = dict(os.environ)
     base.update(env or {})
@@ -100,10 +101,11 @@ def launch(
         for r in range(num_ranks):
             rank_vars = dict(base)
             rank_vars.update(rank_env(r, num_ranks, store.port, threads))
+            stdout: Any
+            stderr: Any
             if capture:
-                out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
-                files.append((out, err))
-                stdout, stderr = out, err
+                stdout, stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+                files.append((stdout, stderr))
             else:
                 stdout = subprocess.DEVNULL if (quiet_ranks and r) else None
                 stderr = None

@@ -15,15 +15,23 @@ in posting order, which the lowering keeps FIFO-consistent per rank pair
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from pipeblocks.errors import SpecError
 from pipeblocks.ir.lowering import Payload, Transfer
+from pipeblocks.ir.spec import PipelineSpec
 
-__all__ = ["tag_of", "handshake_tag", "Post", "P2P", "encode_meta", "decode_meta", "META_LEN"]
+__all__ = ["tag_of", "handshake_tag", "Post", "P2P", "encode_meta", "decode_meta", "META_LEN",
+           "Meta", "agree_shapes"]
+
+Meta = tuple[tuple[int, ...], torch.dtype]  # shape and dtype of a tensor between stages
+Waiting = Callable[[str, int], contextlib.AbstractContextManager[None]]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64,
            torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)
@@ -102,3 +110,65 @@ class P2P:
             assert work is not None
             out.append(work)
         return out
+
+
+def agree_shapes(
+    spec: PipelineSpec,
+    rank: int,
+    runners: Mapping[int, Any],
+    first_input: torch.Tensor,
+    p2p: P2P | None,
+    device: torch.device,
+    waiting: Waiting,
+) -> dict[int, Meta]:
+    """The shape and dtype entering each stage of this rank, and leaving it (the next stage's).
+
+    Each rank takes its stages in forward order: it learns a stage's input (from the
+    microbatch, from its own previous stage, or from a message of the previous stage's rank),
+    runs the stage once without grad to learn its output, and sends that on. Sends are
+    non-blocking and every receive waits only on a smaller stage, so this cannot lock.
+    Gradients have the shape of the activation they belong to.
+    """
+    S, m = spec.num_stages, spec.num_microbatches
+    if p2p is not None and p2p.batched:
+        # NCCL: the first batched P2P of a group must not be its first call; one collective
+        # that every rank joins sets the communicator up
+        dist.barrier(group=p2p.group)
+    meta: dict[int, Meta] = {}
+    sends = []
+    for s in sorted(runners):
+        if s == 0:
+            x = first_input
+        else:
+            src = spec.rank_of(s - 1)
+            if src != rank:
+                assert p2p is not None
+                buf = torch.empty(META_LEN, dtype=torch.int64, device=device)
+                (work,) = p2p.post([Post(False, buf, src, handshake_tag(s, S, m))])
+                with waiting(f"the shape of stage {s}'s input from rank {src}", src):
+                    work.wait()
+                meta[s] = decode_meta(buf)
+            x = torch.zeros(meta[s][0], dtype=meta[s][1], device=device)
+        if s == S - 1:
+            continue
+        meta[s + 1] = _out_meta(runners[s], s, x)
+        dst = spec.rank_of(s + 1)
+        if dst != rank:
+            assert p2p is not None
+            t = encode_meta(*meta[s + 1]).to(device)  # NCCL sends device tensors only
+            sends += [(w, t) for w in p2p.post([Post(True, t, dst, handshake_tag(s + 1, S, m))])]
+    for work, _ in sends:
+        with waiting("a shape message to be received", -1):
+            work.wait()
+    return meta
+
+
+def _out_meta(runner: Any, stage: int, x: torch.Tensor) -> Meta:
+    if hasattr(runner, "out_meta"):  # an emulated stage knows it
+        return runner.out_meta(x)  # type: ignore[no-any-return]
+    with torch.no_grad():
+        out = runner.module(x)
+    if not isinstance(out, torch.Tensor):
+        raise SpecError(f"stage {stage} returned {type(out).__name__}; a stage maps one tensor "
+                        f"to one tensor")
+    return tuple(out.shape), out.dtype

@@ -3,13 +3,11 @@
 - **F** runs the module; a stage that is not the first makes its input require grad. The last
   stage applies the loss and keeps ``loss * scale`` as the root of its backward.
 - **B** is the gradient w.r.t. the stage's input only: the autograd engine then skips every
-  weight-gradient kernel (a linear layer computes ``grad_input``, not ``grad_weight``). While
-  it runs, a pre-hook records the gradient arriving at each *frontier* node: a node on the
-  output-to-input path with a branch to parameters off that path (a linear layer's ``Addmm``,
-  a layer norm's ``NativeLayerNorm``).
-- **W** starts from the recorded gradients and runs only the parameter branches, one engine
-  call per group of frontier nodes that share parameters, accumulating into ``.grad``. Nothing
-  on the input path runs twice, so B + W costs about one fused backward.
+  weight-gradient kernel (a linear layer computes ``grad_input``, not ``grad_weight``). On the
+  way it captures the gradient arriving at each *frontier* node (see
+  :mod:`pipeblocks.runtime.frontier`).
+- **W** feeds the captured gradients back and runs only the parameter branches, accumulating
+  into ``.grad``. Nothing on the input path runs twice.
 - **BW** is the ordinary fused backward.
 
 Note "segments": a split stage whose module is an ``nn.Sequential`` runs each child on the
@@ -46,61 +44,21 @@ effects included).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.autograd.graph import GradientEdge, Node
 
 from pipeblocks.errors import PipeblocksError
+from pipeblocks.runtime.frontier import Plan, engine_backward, weight_grads
+from pipeblocks.runtime.frontier import plan as plan_frontier
 
 __all__ = ["Stage", "LossFn", "shared_parameters"]
 
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Grads = tuple[torch.Tensor | None, ...]
-
-
-def _engine_backward(
-    roots: Sequence[torch.Tensor | GradientEdge],
-    grads: Sequence[torch.Tensor | None],
-    inputs: Sequence[torch.Tensor],
-    accumulate: bool,
-) -> tuple[torch.Tensor | None, ...]:
-    """One autograd engine call, graph kept. ``accumulate``: into ``.grad`` (else returned).
-
-    It calls the engine directly: the public ``torch.autograd.grad`` wrapper costs about 40 us
-    per call in Python, a large share of a small stage's W, which makes one call per frontier
-    group.
-    """
-    filled = tuple(
-        torch.ones_like(r) if g is None and isinstance(r, torch.Tensor) else g
-        for r, g in zip(roots, grads, strict=True)
-    )
-    return _ENGINE.run_backward(  # type: ignore[no-any-return]
-        tuple(roots), filled, True, False, tuple(inputs), True, accumulate
-    )
-
-
-_ENGINE = torch.autograd.Variable._execution_engine  # type: ignore[attr-defined]
-
-
-@dataclass(slots=True)
-class _Plan:
-    """Where B records gradients and how W replays them, for one segment's graph.
-
-    ``edges`` are the input slots of the frontier nodes (B captures the gradient at each).
-    ``levels`` maps a level to (edge indices, parameters) of single-node groups; groups of one
-    level never lie on each other's input path, so W runs a whole level, over every segment,
-    in one engine call. ``pinned`` holds merged groups (a weight used by several frontier
-    nodes): one call each, every node pinned to its recorded gradient.
-    """
-
-    edges: list[GradientEdge]
-    levels: dict[int, tuple[list[int], list[nn.Parameter]]]
-    pinned: list[tuple[list[tuple[Node, list[int]]], list[nn.Parameter]]]
 
 
 @dataclass(slots=True)
@@ -109,9 +67,8 @@ class _Segment:
 
     inp: torch.Tensor | None  # the leaf B differentiates to; None if nothing flows below
     root: torch.Tensor | None  # output (or the scaled loss); dropped after B
-    params: list[nn.Parameter]
     grad_out: torch.Tensor | None = None  # unlinked segment: what W starts from
-    plan: _Plan | None = None
+    plan: Plan | None = None
     captured: tuple[torch.Tensor | None, ...] = ()
 
 
@@ -145,9 +102,9 @@ class Stage:
         if self.unsplit_reason:
             self._warn(self.unsplit_reason)
         self._parts: list[nn.Module] = _segments(module)
-        parts = self._parts
-        self._part_params = [[p for p in m.parameters() if p.requires_grad] for m in parts]
-        self._all_params = [p for p in module.parameters() if p.requires_grad]
+        # every segment looks for all of the stage's parameters: a child may use another's
+        self._params = [p for p in module.parameters() if p.requires_grad]
+        self._param_ids = {id(p) for p in self._params}
         self._pending: dict[int, _Pending] = {}
 
     @property
@@ -172,13 +129,10 @@ class Stage:
             raise PipeblocksError(f"stage {self.stage}: F of microbatch {mb} ran twice")
         if self.is_last and (self.loss_fn is None or target is None):
             raise PipeblocksError(f"stage {self.stage} is the last: it needs loss_fn and targets")
-        if self.split:
-            parts, params = self._parts, self._part_params
-        else:
-            parts, params = [self.module], [self._all_params]
+        parts = self._parts if self.split else [self.module]
         segments = []
         h: torch.Tensor = x
-        for k, (part, ps) in enumerate(zip(parts, params, strict=True)):
+        for k, part in enumerate(parts):
             inp = None
             if (k > 0 or not self.is_first) and h.is_floating_point() and (k == 0 or h.requires_grad):
                 inp = h.detach().requires_grad_(True)
@@ -191,7 +145,7 @@ class Stage:
                     f"stage {self.stage} (part {k}, {type(part).__name__}) returned "
                     f"{type(out).__name__}; a pipeline stage maps one tensor to one tensor"
                 )
-            segments.append(_Segment(inp, out, ps))
+            segments.append(_Segment(inp, out))
             h = out
         result = h.detach()
         if self.is_last:
@@ -208,13 +162,13 @@ class Stage:
         st = self._get(mb, "B")
         if not self.split:
             return self._fused(mb, st, grad_out)
-        plans: list[tuple[_Plan, bool] | None] = []
+        plans: list[tuple[Plan, bool] | None] = []
         for seg in st.segments:
             if seg.inp is None:
                 plans.append(None)
                 continue
             assert seg.root is not None
-            plan, custom, linked = _plan(seg.root, seg.inp, {id(p) for p in seg.params})
+            plan, custom, linked = plan_frontier(seg.root, seg.inp, self._param_ids)
             if custom:
                 self.split = False
                 self.unsplit_reason = f"the graph holds a custom autograd Function ({custom})"
@@ -234,7 +188,8 @@ class Stage:
                 continue
             assert seg.root is not None and seg.inp is not None
             plan = entry[0]
-            out = _engine_backward([seg.root], [g], [seg.inp, *plan.edges], accumulate=False)
+            out = engine_backward([seg.root], [g], [seg.inp, *plan.edges],  # type: ignore[list-item]
+                                   accumulate=False)
             g = out[0] if out[0] is not None else torch.zeros_like(seg.inp)
             # the output side above the frontier is no longer needed
             seg.plan, seg.captured, seg.root, seg.inp = plan, out[1:], None, None
@@ -250,26 +205,10 @@ class Stage:
         if not st.b_done:
             raise PipeblocksError(f"stage {self.stage}: W of microbatch {mb} before its B")
         del self._pending[mb]
-        levels: dict[int, tuple[list[GradientEdge], list[torch.Tensor], dict[int, nn.Parameter]]]
-        levels = {}
         for seg in st.segments:
-            if seg.root is not None and _can_backward(seg.root, seg.grad_out) and seg.params:
-                _engine_backward([seg.root], [seg.grad_out], seg.params, accumulate=True)
-            if seg.plan is None:
-                continue
-            caps = seg.captured
-            for level, (idx, ps) in seg.plan.levels.items():
-                roots, grads, params = levels.setdefault(level, ([], [], {}))
-                for i in idx:
-                    if caps[i] is not None:
-                        roots.append(seg.plan.edges[i])
-                        grads.append(caps[i])
-                params.update((id(p), p) for p in ps)
-            for nodes, ps in seg.plan.pinned:
-                _pinned_weight_grads(nodes, ps, seg.plan.edges, caps)
-        for _, (roots, grads, params) in sorted(levels.items()):
-            if roots:
-                _engine_backward(roots, grads, list(params.values()), accumulate=True)
+            if seg.root is not None and _can_backward(seg.root, seg.grad_out) and self._params:
+                engine_backward([seg.root], [seg.grad_out], self._params, accumulate=True)
+        weight_grads([(seg.plan, seg.captured) for seg in st.segments if seg.plan is not None])
 
     def backward(self, mb: int, grad_out: torch.Tensor | None) -> torch.Tensor | None:
         """BW: the fused backward; returns the input gradient, accumulates weights."""
@@ -282,9 +221,9 @@ class Stage:
         g = grad_out
         for seg in reversed(st.segments):
             assert seg.root is not None
-            inputs = seg.params + ([seg.inp] if seg.inp is not None else [])
+            inputs = self._params + ([seg.inp] if seg.inp is not None else [])
             if inputs and _can_backward(seg.root, g):
-                _engine_backward([seg.root], [g], inputs, accumulate=True)
+                engine_backward([seg.root], [g], inputs, accumulate=True)
             if seg.inp is None:
                 g = None
                 break
@@ -319,138 +258,12 @@ def _segments(module: nn.Module) -> list[nn.Module]:
         and len(module) > 1
         and not (module._forward_hooks or module._forward_pre_hooks)
     )
-    return list(module) if plain else [module]
+    return list(module) if plain else [module]  # type: ignore[call-overload]
 
 
 def _can_backward(root: torch.Tensor, grad: torch.Tensor | None) -> bool:
     """A root with a graph and a gradient to start from (a scalar loss needs none)."""
     return root.requires_grad and (grad is not None or root.numel() == 1)
-
-
-_ACC_TYPE = type(torch.zeros((), requires_grad=True).view(()).grad_fn.next_functions[0][0])
-
-
-def _plan(root: torch.Tensor, inp: torch.Tensor, param_ids: set[int]) -> tuple[_Plan, str, bool]:
-    """Find the frontier between the input path and the parameter branches of one graph.
-
-    One post-order pass from ``root``: a node is *on the path* when it leads to ``inp``; a
-    node off the path *reaches* the parameters below it. A node on the path with a child off
-    the path that reaches parameters is a frontier node; its *level* is the largest number of
-    frontier nodes below it on the path, so a frontier node never sits on the input path of
-    another one of its level. Frontier nodes whose parameter sets overlap merge into one
-    group. Returns the plan, the name of a custom autograd Function in the graph (or ""), and
-    whether the root is on the path at all.
-    """
-    plan = _Plan([], {}, [])
-    top = root.grad_fn
-    if top is None:
-        return plan, "", False
-    on: dict[Node, bool] = {}
-    reach: dict[Node, frozenset[int]] = {}
-    level: dict[Node, int] = {}
-    front: dict[Node, frozenset[int]] = {}
-    kids: dict[Node, list[Node]] = {}
-    params: dict[int, nn.Parameter] = {}
-    custom = ""
-    empty: frozenset[int] = frozenset()
-    cfn = torch.autograd.function.BackwardCFunction
-    stack = [top]
-    while stack:
-        node = stack[-1]
-        if node in on:
-            stack.pop()
-            continue
-        children = kids.get(node)
-        if children is None:
-            if type(node) is _ACC_TYPE:
-                stack.pop()
-                var = node.variable  # type: ignore[attr-defined]
-                on[node] = var is inp
-                level[node] = 0
-                if id(var) in param_ids:
-                    params[id(var)] = var
-                    reach[node] = frozenset((id(var),))
-                else:
-                    reach[node] = empty
-                continue
-            if isinstance(node, cfn):
-                custom = custom or type(node).__name__
-            children = [c for c, _ in node.next_functions if c is not None]
-            kids[node] = children
-            stack.extend(c for c in children if c not in on)
-            continue
-        stack.pop()
-        path, lv, ps = False, 0, empty
-        for c in children:
-            if on[c]:
-                path = True
-                lv = max(lv, level[c] + (c in front))
-            elif reach[c]:
-                ps = ps | reach[c]
-        on[node] = path
-        if path:
-            level[node] = lv
-            reach[node] = empty
-            if ps:
-                front[node] = ps
-        else:
-            reach[node] = ps
-    # merge frontier nodes that share parameters (union by parameter owner)
-    owner: dict[int, int] = {}
-    groups: list[tuple[list[Node], set[int]]] = []
-    for node, ps in front.items():
-        hits = sorted({owner[p] for p in ps if p in owner})
-        if not hits:
-            groups.append(([node], set(ps)))
-            gi = len(groups) - 1
-        else:
-            gi = hits[0]
-            for other in hits[1:]:
-                groups[gi][0].extend(groups[other][0])
-                groups[gi][1].update(groups[other][1])
-                groups[other] = ([], set())
-            groups[gi][0].append(node)
-            groups[gi][1].update(ps)
-        for p in groups[gi][1]:
-            owner[p] = gi
-    for nodes, pids in groups:
-        if not nodes:
-            continue
-        slots = []
-        for node in nodes:
-            first = len(plan.edges)
-            plan.edges.extend(GradientEdge(node, i) for i in range(len(node._input_metadata)))  # type: ignore[attr-defined]
-            slots.append((node, list(range(first, len(plan.edges)))))
-        ps_list = [params[p] for p in sorted(pids)]
-        if len(nodes) == 1:
-            idx, lps = plan.levels.setdefault(level[nodes[0]], ([], []))
-            idx.extend(slots[0][1])
-            lps.extend(ps_list)
-        else:
-            plan.pinned.append((slots, ps_list))
-    return plan, custom, on[top]
-
-
-def _pinned_weight_grads(
-    nodes: list[tuple[Node, list[int]]],
-    params: list[nn.Parameter],
-    edges: list[GradientEdge],
-    caps: tuple[torch.Tensor | None, ...],
-) -> None:
-    """One merged group: a frontier node below another one of the group would get the gradient
-    again through the upper one, so each is pinned to what B recorded and counted once."""
-    roots = [edges[i] for _, idx in nodes for i in idx if caps[i] is not None]
-    grads = [caps[i] for _, idx in nodes for i in idx if caps[i] is not None]
-    if not roots:
-        return
-    handles = [
-        node.register_prehook(lambda _g, s=tuple(caps[i] for i in idx): s) for node, idx in nodes
-    ]
-    try:
-        _engine_backward(roots, grads, params, accumulate=True)
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def shared_parameters(modules: Mapping[int, nn.Module]) -> dict[int, str]:

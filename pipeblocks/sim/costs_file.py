@@ -42,6 +42,8 @@ from typing import Any
 
 from pipeblocks.errors import FormatError, SpecError
 from pipeblocks.ir.actions import Pass
+from pipeblocks.ir.formats._jsonpos import too_deep
+from pipeblocks.ir.formats._text import line_col, read_text
 from pipeblocks.ir.spec import PipelineSpec
 from pipeblocks.sim.costs import CostModel
 from pipeblocks.sim.transformer import Machine, TransformerCosts, TransformerModel
@@ -111,10 +113,15 @@ def _fail(path: str, text: str) -> FormatError:
 
 def _number(path: str, field: str, value: Any, *, positive: bool = False) -> float:
     ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or math.isnan(value) or math.isinf(value) or value < 0 or (positive and value == 0):
+    try:
+        x = float(value) if ok else math.nan
+    except OverflowError:  # an integer beyond float range (JSON integers have no limit)
+        x = math.inf
+    if not ok or math.isnan(x) or math.isinf(x) or x < 0 or (positive and x == 0):
         need = "> 0" if positive else ">= 0"
-        raise _fail(path, f"field '{field}' must be a finite number {need} (got {value!r})")
-    return float(value)
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        raise _fail(path, f"field '{field}' must be a finite number {need} (got {shown})")
+    return x
 
 
 def _object(path: str, field: str, value: Any, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -228,13 +235,17 @@ def parse_costs(obj: Any, path: str = "") -> CostModel:
 def load_costs(path: str | Path) -> CostModel:
     """Read a costs file (JSON); every problem is one :class:`FormatError` naming the field."""
     name = str(path)
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise FormatError(f"cannot read costs file: {e.strerror or e}", path=name) from None
+    text = read_text(name)  # UTF-8 (BOM dropped); unreadable or binary: a located FormatError
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise FormatError(f"not valid JSON: {e.msg}", path=name, line=e.lineno,
                           column=e.colno) from None
+    except RecursionError:
+        line, column = line_col(text, too_deep(text))
+        raise FormatError("not a costs file: arrays or objects nested too deep", path=name,
+                          line=line, column=column) from None
+    except ValueError:  # an integer of more than 4300 digits (Python's conversion limit)
+        raise FormatError("not a costs file: an integer of more than 4300 digits; write times "
+                          "and sizes as ordinary numbers", path=name) from None
     return parse_costs(obj, name)

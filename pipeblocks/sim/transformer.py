@@ -47,11 +47,24 @@ __all__ = [
 ]
 
 
+# Integer sizes above this are refused: products of a few of them must stay floats (a larger
+# Python int makes float arithmetic raise OverflowError instead of giving inf).
+_MAX_INT = 2**53
+
+
 def _positive(owner: str, name: str, value: float, *, zero_ok: bool = False) -> None:
     bad = isinstance(value, bool) or not isinstance(value, int | float) or value != value
-    if bad or math.isinf(value) or value < 0 or (value == 0 and not zero_ok):
+    huge = not bad and isinstance(value, int) and abs(value) > _MAX_INT
+    if bad or huge or math.isinf(value) or value < 0 or (value == 0 and not zero_ok):
         need = ">= 0" if zero_ok else "> 0"
-        raise SpecError(f"{owner} field '{name}' must be a finite number {need} (got {value!r})")
+        raise SpecError(f"{owner} field '{name}' must be a finite number {need} "
+                        f"(got {_short(value)})")
+
+
+def _short(value: object) -> str:
+    """``repr(value)``, cut to 40 characters (a 4000-digit integer is not a message)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +84,13 @@ class TransformerModel:
     def __post_init__(self) -> None:
         for name in ("layers", "hidden", "heads", "seq_len", "microbatch_size"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise SpecError(f"model field '{name}' must be an integer >= 1 (got {value!r})")
-        if isinstance(self.vocab, bool) or not isinstance(self.vocab, int) or self.vocab < 0:
-            raise SpecError(f"model field 'vocab' must be an integer >= 0 (got {self.vocab!r})")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_INT:
+                raise SpecError(f"model field '{name}' must be an integer in 1..2**53 "
+                                f"(got {_short(value)})")
+        vocab = self.vocab
+        if isinstance(vocab, bool) or not isinstance(vocab, int) or not 0 <= vocab <= _MAX_INT:
+            raise SpecError(f"model field 'vocab' must be an integer in 0..2**53 "
+                            f"(got {_short(vocab)})")
         _positive("model", "bytes_per_element", self.bytes_per_element)
 
     @property
@@ -127,9 +143,11 @@ class Machine:
 
     def __post_init__(self) -> None:
         _positive("machine", "flops", self.flops)
-        if not (isinstance(self.bandwidth, int | float) and self.bandwidth > 0):
+        bw = self.bandwidth
+        if isinstance(bw, bool) or not isinstance(bw, int | float) or not bw > 0 or (
+                isinstance(bw, int) and bw > _MAX_INT):  # math.inf (the default) is fine
             raise SpecError(
-                f"machine field 'bandwidth' must be a number > 0 (got {self.bandwidth!r})"
+                f"machine field 'bandwidth' must be a number > 0 (got {_short(bw)})"
             )
         _positive("machine", "latency", self.latency, zero_ok=True)
 

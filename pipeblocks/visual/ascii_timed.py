@@ -44,6 +44,7 @@ IDLE_CELL = "."
 """The cell of an idle slice of time."""
 
 _MIN_CELLS = 8
+_MAX_WIDTH = 100_000  # characters per line
 
 
 def legend() -> str:
@@ -92,6 +93,9 @@ def timed_ascii(sim: Simulation, width: int | None = None, *, header: bool = Tru
             f"timed ASCII width must be an integer >= {prefix_w + _MIN_CELLS} for "
             f"{spec.num_ranks} ranks (got {width!r}); use --width {prefix_w + _MIN_CELLS} or more"
         )
+    if width > _MAX_WIDTH:  # each row is a list of width cells: 10**20 would exhaust memory
+        raise SpecError(f"timed ASCII width must be at most {_MAX_WIDTH} (got {width}); use a "
+                        f"smaller --width")
     cols = width - prefix_w
     makespan = sim.makespan if sim.makespan > 0 else 1.0
     dt = makespan / cols

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 FORMATS = (".png", ".svg", ".pdf")
 """The file types a figure can be saved as (chosen by the path's extension)."""
+MAX_PIXELS = 2**27
+"""The largest PNG :func:`save_figure` writes (about 134 M pixels, 512 MB as RGBA)."""
 
 
 def new_figure(width_in: float, height_in: float) -> Figure:
@@ -91,6 +93,14 @@ def save_figure(fig: Figure, path: str | Path, *, dpi: float = 100.0) -> Path:
             f"cannot save a figure as {str(path)!r}: use a {', '.join(FORMATS[:-1])} or "
             f"{FORMATS[-1]} path"
         )
+    if suffix == ".png":  # Agg refuses 2**16 pixels a side; far less already takes GBs
+        w, h = (float(x) * dpi for x in fig.get_size_inches())
+        if max(w, h) >= 2**16 or w * h > MAX_PIXELS:
+            raise SpecError(
+                f"a {w:.0f} x {h:.0f} pixel PNG is too large (at most {MAX_PIXELS:,} pixels, "
+                f"under 65,536 a side); lower the dpi or the width, draw fewer ranks, or save "
+                f"as .svg or .pdf"
+            )
     import matplotlib
 
     # Text as text keeps SVGs small and searchable; Type 42 fonts keep PDFs editable. No dates

@@ -3,8 +3,8 @@
 ``python dist_worker.py MODE OUT [ARGS]``; rank 0 writes what the test checks to OUT:
 
 - ``schedules OUT CSV``: for every registered generator at p=4, m=8 (and the CSV file), one
-  step without optimizer; the losses and every parameter's gradient by global name.
-- ``train OUT NAME STEPS``: STEPS Adam steps of NAME; the loss of each step.
+  step without optimizer; the losses and every parameter's gradient by global name. Then,
+  under the key ``train``, twelve Adam steps of v-half: the losses of each step.
 - ``raise OUT RANK ACTION`` / ``kill OUT RANK ACTION`` / ``hang OUT RANK ACTION``: rank RANK
   raises, is killed (SIGKILL) or hangs when it runs ACTION (e.g. 2F3) of 1f1b.
 - ``mismatch OUT``: every rank hands the executor one stage too few.
@@ -91,7 +91,7 @@ def main() -> int:
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
     if mode == "mismatch":
-        s = generate("1f1b", P, M)
+        s = generate("1f1b", int(os.environ["WORLD_SIZE"]), M)
         _, mine = build(s, rank)
         try:  # refused in the constructor: no process group exists yet
             Executor(s, {**mine, 99: nn.Identity()}, lm_loss, None, rank=rank)
@@ -112,14 +112,11 @@ def main() -> int:
                 dist.barrier()  # executors one after another: no message of one meets another
                 losses, grads = run_one(s, rank, guard)
                 results[label] = gather((losses, grads))
+            dist.barrier()
+            losses, _ = run_one(generate("v-half", P, M), rank, guard, steps=12, lr=1e-2)
+            results["train"] = gather(losses)
             if rank == 0:
                 torch.save(results, out)
-        elif mode == "train":
-            s = generate(sys.argv[3], P, M)
-            losses, _ = run_one(s, rank, guard, steps=int(sys.argv[4]), lr=1e-2)
-            everyone = gather(losses)
-            if rank == 0:
-                torch.save(everyone, out)
         else:
             s = generate("1f1b", P, M)
             bad_rank, action = int(sys.argv[3]), Action.parse(sys.argv[4])

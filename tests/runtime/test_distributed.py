@@ -21,8 +21,9 @@ WORKER = str(Path(__file__).with_name("dist_worker.py"))
 P, M, MBS = 4, 8, 2
 
 
-def _run(mode: str, out: Path, *args: str, timeout: float = 60, deadline: float = 240):
-    return launch([sys.executable, WORKER, mode, str(out), *args], P, capture=True,
+def _run(mode: str, out: Path, *args: str, timeout: float = 60, deadline: float = 240,
+         ranks: int = P):
+    return launch([sys.executable, WORKER, mode, str(out), *args], ranks, capture=True,
                   env={"PB_TEST_TIMEOUT": str(timeout)}, grace=5, deadline=deadline)
 
 
@@ -41,7 +42,8 @@ def _reference(num_stages: int) -> tuple[list[float], dict[str, torch.Tensor]]:
 
 @pytest.fixture(scope="module")
 def schedules_run(tmp_path_factory) -> dict:
-    """One launch of 4 ranks runs every generator and an exported CSV, one step each."""
+    """One launch of 4 ranks runs every generator and an exported CSV, one step each, then
+    trains v-half for twelve steps."""
     tmp = tmp_path_factory.mktemp("rt")
     csv = tmp / "zb-v.csv"
     assert cli(["export", "zb-v", "-p", str(P), "-m", str(M), "--format", "torch-csv",
@@ -69,15 +71,12 @@ def test_schedule_matches_single_process_reference(schedules_run, name: str) -> 
 
 def test_every_generator_is_covered(schedules_run) -> None:
     """The run covered all registered generators (the 12 families at least) and the CSV."""
-    assert set(schedules_run) == {*names(), "csv"} and len(names()) >= 12
+    assert set(schedules_run) == {*names(), "csv", "train"} and len(names()) >= 12
 
 
-def test_training_lowers_the_loss(tmp_path) -> None:
+def test_training_lowers_the_loss(schedules_run) -> None:
     """Twelve Adam steps of v-half on 4 ranks lower the small GPT's loss clearly."""
-    out = tmp_path / "train.pt"
-    res = _run("train", out, "v-half", "12")
-    assert res.ok, "\n".join(res.stderr)
-    per_rank = torch.load(out, weights_only=False)
+    per_rank = schedules_run["train"]
     losses = [sum(ls) / len(ls) for ls in next(r for r in per_rank if r[0] is not None)]
     assert losses[0] == pytest.approx(math.log(32), abs=0.3)
     assert losses[-1] < losses[0] - 0.4, losses
@@ -101,16 +100,16 @@ def test_a_failing_rank_stops_every_other_rank(tmp_path, mode: str) -> None:
 
 
 def test_a_hanging_rank_times_out_everywhere(tmp_path) -> None:
-    """Rank 1 hangs in 1F2: its neighbour times out after 3 s naming the transfer and rank 1."""
+    """Rank 1 hangs in 1F2: within 3 s + polling every rank stops, naming rank 1 and 1F2."""
     start = time.monotonic()
     res = _run("hang", tmp_path / "x", "1", "1F2", timeout=3, deadline=120)
     assert all(c != 0 for c in res.codes) and time.monotonic() - start < 40
-    assert "timed out after 3 s" in res.fault and "from rank 1" in res.fault
+    assert res.fault.startswith("rank 1 is stuck in 1F2: ") and "timed out after 3 s" in res.fault
     assert all("stops in" in err or "timed out" in err for err in res.stderr)
 
 
 def test_stage_count_mismatch_is_refused_before_communication(tmp_path) -> None:
     """Stages that do not match the schedule are refused in the constructor, on every rank."""
-    res = _run("mismatch", tmp_path / "x")
-    assert res.codes == (2, 2, 2, 2)
-    assert all("got stages" in e and "split the model into 4 stages" in e for e in res.stderr)
+    res = _run("mismatch", tmp_path / "x", ranks=2)
+    assert res.codes == (2, 2)
+    assert all("got stages" in e and "split the model into 2 stages" in e for e in res.stderr)

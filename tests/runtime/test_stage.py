@@ -228,3 +228,33 @@ def test_out_of_order_passes_are_refused() -> None:
     st.backward_input(0, torch.ones_like(out))
     with pytest.raises(Exception, match="B of microbatch 0 ran twice"):
         st.backward_input(0, torch.ones_like(out))
+
+
+class _Borrower(nn.Module):
+    """Uses the weight of another child of the stage's Sequential (another segment)."""
+
+    def __init__(self, lender: nn.Linear) -> None:
+        super().__init__()
+        self.lender = [lender]  # a plain list: the weight is not registered twice
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x @ self.lender[0].weight)
+
+
+def test_a_segment_using_another_segments_weight_gets_its_gradient() -> None:
+    """Segments look for all of the stage's parameters, not just their own child's."""
+    torch.manual_seed(0)
+    first = nn.Linear(5, 5)
+    module = nn.Sequential(first, nn.Tanh(), _Borrower(first))
+    xs = [torch.randn(3, 5) for _ in range(2)]
+    gys = [torch.randn(3, 5) for _ in range(2)]
+    ref_gx, ref_grads = _reference(module, xs, gys, last=False)
+    st = Stage(module, 1, 3)
+    for k in range(2):
+        st.forward(k, xs[k])
+    gx = [st.backward_input(k, gys[k]) for k in range(2)]
+    for k in range(2):
+        st.backward_weight(k)
+        torch.testing.assert_close(gx[k], ref_gx[k], rtol=1e-5, atol=1e-6)
+    for name, g in ref_grads.items():
+        torch.testing.assert_close(module.get_parameter(name).grad, g, rtol=1e-5, atol=1e-6)

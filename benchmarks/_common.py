@@ -1,0 +1,177 @@
+"""Shared helpers of the benchmark scripts: machine facts, progress lines, statistics, output.
+
+Every ``bench_*.py`` module here imports this one (``benchmarks/`` is put on ``sys.path`` by
+the module itself, so each runs alone as ``python benchmarks/bench_x.py`` and is importable by
+``benchmarks/run.py``). Progress goes to stderr, tables to stdout, results to
+``benchmarks/results/<name>.json`` and pictures to ``docs/img/bench_<name>.png``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+IMG = ROOT / "docs" / "img"
+PYTHON = sys.executable
+
+_T0 = time.monotonic()
+
+
+def log(msg: str) -> None:
+    """One progress line on stderr, with the seconds since this process started."""
+    print(f"[{time.monotonic() - _T0:7.1f} s] {msg}", file=sys.stderr, flush=True)
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (or what ``platform`` says elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine() -> dict[str, Any]:
+    """What a figure was measured on: cores, CPU, OS, load, date and versions."""
+    try:
+        load = list(os.getloadavg())
+    except OSError:
+        load = []
+    return {
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cores": os.cpu_count(),
+        "cpu": cpu_model(),
+        "platform": platform.platform(),
+        "load_average": [round(x, 2) for x in load],
+        "python": platform.python_version(),
+        "torch": _version("torch"),
+        "pipeblocks": _version("pipeblocks"),
+        "matplotlib": _version("matplotlib"),
+    }
+
+
+def spread(xs: Sequence[float]) -> dict[str, float]:
+    """Median, min, max and the relative spread (max - min) / median of a sample."""
+    if not xs:
+        return {"median": math.nan, "min": math.nan, "max": math.nan, "rel_spread": math.nan,
+                "n": 0}
+    med = statistics.median(xs)
+    return {"median": med, "min": min(xs), "max": max(xs),
+            "rel_spread": (max(xs) - min(xs)) / med if med else math.nan, "n": len(xs)}
+
+
+def fit_exponent(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """(k, c) of y = c·x^k by least squares on logarithms; k near 1 means linear."""
+    lx = [math.log(x) for x in xs]
+    ly = [math.log(max(y, 1e-9)) for y in ys]
+    if len(lx) < 2:
+        return math.nan, math.nan
+    mx, my = statistics.fmean(lx), statistics.fmean(ly)
+    den = sum((a - mx) ** 2 for a in lx)
+    if not den:
+        return math.nan, math.nan
+    k = sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / den
+    return k, math.exp(my - k * mx)
+
+
+def search_api() -> tuple[Any, str]:
+    """``pipeblocks.search.search`` (or None) and a note saying why not.
+
+    The search is written beside the benchmarks; until it lands, the figures that need it say
+    so instead of failing.
+    """
+    try:
+        import pipeblocks.search as ps
+    except ImportError as e:  # pragma: no cover - depends on the checkout
+        return None, f"pipeblocks.search does not import ({e})"
+    fn = getattr(ps, "search", None)
+    if fn is None:
+        return None, "pipeblocks.search has no search() in this checkout"
+    return fn, ""
+
+
+def write_result(name: str, payload: dict[str, Any], quick: bool) -> Path:
+    """Write ``benchmarks/results/<name>.json`` (``<name>-quick.json`` for a smoke run)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / (f"{name}-quick.json" if quick else f"{name}.json")
+    body = {"benchmark": name, "quick": quick, "machine": machine(), **payload}
+    path.write_text(json.dumps(body, indent=2, default=_json_default) + "\n")
+    log(f"wrote {path.relative_to(ROOT)}")
+    return path
+
+
+def read_result(name: str, quick: bool) -> dict[str, Any] | None:
+    path = RESULTS / (f"{name}-quick.json" if quick else f"{name}.json")
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return str(x)
+
+
+def image_path(name: str, quick: bool) -> Path:
+    """``docs/img/bench_<name>.png`` (a smoke run writes ``bench_<name>-quick.png``)."""
+    IMG.mkdir(parents=True, exist_ok=True)
+    return IMG / (f"bench_{name}-quick.png" if quick else f"bench_{name}.png")
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no screen here)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table; floats get 4 significant digits, None and NaN become '-'."""
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(_plain(x) for x in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """The same table for a terminal (stdout)."""
+    text = [[str(h) for h in header]]
+    for r in rows:
+        text.append([_plain(x) for x in r])
+    widths = [max(len(row[i]) for row in text) for i in range(len(header))]
+    for i, row in enumerate(text):
+        print("  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in
+                        enumerate(zip(row, widths, strict=True))))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _plain(x: Any) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return "-" if not math.isfinite(x) else f"{x:.4g}"
+    return str(x)

@@ -1,0 +1,11 @@
+"""The reliability tests share :mod:`fuzzkit` and :mod:`degenerate` (also used by
+docs/make_reliability.py): make them importable by name."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
