@@ -7,8 +7,9 @@ One launch of P gloo processes on this machine (``pipeblocks.runtime.launch``) r
 below. For each PyTorch schedule class the installed torch has (GPipe, 1F1B, Interleaved1F1B,
 LoopedBFS, ZBVZeroBubble, DualPipeV), both executors get the same model split, microbatches and
 ranks, and **the same schedule**: PyTorch's class computes its order; ours runs that very
-order, read from the class's ``pipeline_order`` (whether our generator of the same name
-produces the identical order is reported beside it). Each executor has its own copy of the
+order, read from the class's ``pipeline_order`` (for GPipe and 1F1B, rebuilt from their
+``_step_microbatches``, see ``_single_order_csv``); whether our generator of the same name
+produces the identical order is reported beside it. Each executor has its own copy of the
 model and its own communicator (PyTorch's on a second process group over the same ranks), so
 nothing is shared but the machine. After one untimed warm-up step each, they alternate A B A B
 for ``rounds`` rounds; a step is timed as the pipeline's makespan (a barrier, then
@@ -126,6 +127,34 @@ def _torch_order_csv(sched: Any) -> str:
     return "\n".join(rows) + "\n"
 
 
+def _single_order_csv(cls_name: str, P: int, m: int) -> str:
+    """The order ScheduleGPipe / Schedule1F1B run (their ``_step_microbatches``), as CSV.
+
+    Their ``pipeline_order`` attribute is only a sketch (1F1B's lists rank 1 from F1 to F4),
+    so the order is rebuilt from what ``_step_microbatches`` does: GPipe runs every F, then
+    every full backward, both in microbatch order; 1F1B runs min(m, S - stage) F's, then a
+    backward and a forward in turn, then the remaining backwards.
+    """
+    rows = []
+    for r in range(P):
+        if cls_name == "ScheduleGPipe":
+            cells = [f"{r}F{j}" for j in range(m)] + [f"{r}B{j}" for j in range(m)]
+        else:
+            warm = min(m, P - r)
+            cells = [f"{r}F{j}" for j in range(warm)]
+            f, b = warm, 0
+            while True:
+                cells.append(f"{r}B{b}")
+                b += 1
+                if f == m:
+                    break
+                cells.append(f"{r}F{f}")
+                f += 1
+            cells += [f"{r}B{j}" for j in range(b, m)]
+        rows.append(",".join(cells))
+    return "\n".join(rows) + "\n"
+
+
 def _case_pair(name: str, case: dict[str, Any], rank: int, P: int, pt_group: Any) -> dict[str, Any]:
     """Both executors for one schedule and case: step functions and what they report."""
     import torch
@@ -158,7 +187,7 @@ def _case_pair(name: str, case: dict[str, Any], rank: int, P: int, pt_group: Any
               for s in mine]
     cls = getattr(pp, cls_name)
     pt_sched = cls(stages[0] if v == 1 else stages, n_microbatches=m, loss_fn=pt_loss)
-    csv = _torch_order_csv(pt_sched)
+    csv = _single_order_csv(cls_name, P, m) if v == 1 else _torch_order_csv(pt_sched)
     order = torch_csv.loads(csv, placement=Placement(placement), num_microbatches=m,
                             stages_per_rank=v).renamed(f"{name} (PyTorch's order)")
     if emulated:
