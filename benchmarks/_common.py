@@ -9,6 +9,7 @@ the module itself, so each runs alone as ``python benchmarks/bench_x.py`` and is
 from __future__ import annotations
 
 import datetime as _dt
+import importlib
 import importlib.metadata
 import json
 import math
@@ -72,6 +73,14 @@ def machine() -> dict[str, Any]:
     }
 
 
+def load_average() -> float:
+    """The 1-minute load average (runnable processes; this machine has ``cores`` cores)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return math.nan
+
+
 def spread(xs: Sequence[float]) -> dict[str, float]:
     """Median, min, max and the relative spread (max - min) / median of a sample."""
     if not xs:
@@ -96,35 +105,83 @@ def fit_exponent(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float
     return k, math.exp(my - k * mx)
 
 
-def search_api() -> tuple[Any, str]:
-    """``pipeblocks.search.search`` (or None) and a note saying why not.
-
-    The search is written beside the benchmarks; until it lands, the figures that need it say
-    so instead of failing.
-    """
+def search_api(name: str = "search") -> tuple[Any, str]:
+    """``pipeblocks.search.search`` (or ``pareto``, from ``pipeblocks.search.pareto``), or
+    None and a note saying why not: the figures that need the search say so instead of
+    failing in a checkout without it."""
+    module = "pipeblocks.search.pareto" if name == "pareto" else "pipeblocks.search"
     try:
-        import pipeblocks.search as ps
+        mod = importlib.import_module(module)
     except ImportError as e:  # pragma: no cover - depends on the checkout
-        return None, f"pipeblocks.search does not import ({e})"
-    fn = getattr(ps, "search", None)
+        return None, f"{module} does not import ({e})"
+    fn = getattr(mod, name, None)
     if fn is None:
-        return None, "pipeblocks.search has no search() in this checkout"
+        return None, f"{module} has no {name}() in this checkout"
     return fn, ""
 
 
+def timed_step(fn: Any, *args: Any) -> tuple[float, float | None]:
+    """Run ``fn(*args)`` on every rank: the pipeline's makespan in ms and the loss (or None).
+
+    A barrier first; then every rank reads ``perf_counter`` (one clock per host) around its
+    call, and the makespan is the latest end minus the earliest start. ``fn`` returns the
+    loss on the rank that has it, else None. Needs torch.distributed initialised.
+    """
+    import torch
+    import torch.distributed as dist
+
+    dist.barrier()
+    t0 = time.perf_counter()
+    loss = fn(*args)
+    t1 = time.perf_counter()
+    t = torch.tensor([-t0, t1, loss if loss is not None else -math.inf], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return (float(t[0]) + float(t[1])) * 1e3, (float(t[2]) if math.isfinite(t[2]) else None)
+
+
+def ping_ms(shape: Sequence[int], reps: int = 25) -> float:
+    """One-way time (ms) of a float32 tensor of ``shape`` from rank 0 to rank 1 (median).
+
+    As on a pipeline's critical path, the receiver is already waiting when the message goes;
+    both ends read one host clock, so no round trip is needed. Every rank gets the result.
+    """
+    import torch
+    import torch.distributed as dist
+
+    rank = dist.get_rank()
+    buf = torch.zeros(tuple(shape))
+    stamp = torch.zeros(1, dtype=torch.float64)
+    delays = []
+    for _ in range(reps):
+        if rank == 0:
+            time.sleep(0.002)  # let rank 1 block in its receive first
+            stamp[0] = time.perf_counter()
+            dist.send(buf, 1)
+            dist.send(stamp, 1)
+        elif rank == 1:
+            dist.recv(buf, 0)
+            got = time.perf_counter()
+            dist.recv(stamp, 0)
+            delays.append(got - float(stamp[0]))
+    out = torch.tensor([statistics.median(delays[5:]) * 1e3 if delays else 0.0],
+                       dtype=torch.float64)
+    dist.broadcast(out, src=1)
+    return float(out)
+
+
+def out_dir(quick: bool) -> Path:
+    """Where a smoke run (``--quick``) writes everything: apart from the committed results."""
+    return RESULTS / "quick" if quick else RESULTS
+
+
 def write_result(name: str, payload: dict[str, Any], quick: bool) -> Path:
-    """Write ``benchmarks/results/<name>.json`` (``<name>-quick.json`` for a smoke run)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / (f"{name}-quick.json" if quick else f"{name}.json")
+    """Write ``benchmarks/results/<name>.json`` (``results/quick/`` for a smoke run)."""
+    path = out_dir(quick) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     body = {"benchmark": name, "quick": quick, "machine": machine(), **payload}
     path.write_text(json.dumps(body, indent=2, default=_json_default) + "\n")
     log(f"wrote {path.relative_to(ROOT)}")
     return path
-
-
-def read_result(name: str, quick: bool) -> dict[str, Any] | None:
-    path = RESULTS / (f"{name}-quick.json" if quick else f"{name}.json")
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _json_default(x: Any) -> Any:
@@ -134,9 +191,15 @@ def _json_default(x: Any) -> Any:
 
 
 def image_path(name: str, quick: bool) -> Path:
-    """``docs/img/bench_<name>.png`` (a smoke run writes ``bench_<name>-quick.png``)."""
-    IMG.mkdir(parents=True, exist_ok=True)
-    return IMG / (f"bench_{name}-quick.png" if quick else f"bench_{name}.png")
+    """``docs/img/bench_<name>.png`` (``benchmarks/results/quick/`` for a smoke run)."""
+    folder = out_dir(quick) if quick else IMG
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"bench_{name}.png"
+
+
+def link(plot: str, md_dir: Path) -> str:
+    """A plot's path (relative to the repository) as seen from a Markdown file in ``md_dir``."""
+    return os.path.relpath(ROOT / plot, md_dir)
 
 
 def pyplot() -> Any:

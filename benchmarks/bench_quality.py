@@ -6,8 +6,9 @@
 Everything here is simulated (no torch): for each p and cost model, ``pipeblocks compare``'s
 library path (:func:`pipeblocks.cli.compare.compare`) simulates every generator that accepts
 (p, m), and the memory-limited search (``pipeblocks.search.search``, when it is importable) is
-run at budgets from a quarter of 1F1B's peak to twice it, giving the Pareto front of peak memory
-against bubble rate with the named generators marked.
+run at every budget from the smallest feasible one to twice 1F1B's peak
+(``pipeblocks.search.pareto.pareto``), giving the Pareto front of peak memory against bubble
+rate with the named generators marked.
 
 Cost models: ``unit`` (F = B = W = 1, no transfer cost, unit memory) and ``7b``: the transformer
 preset (:mod:`pipeblocks.sim.transformer`) for a 7B-class GPT (32 layers, hidden 4096, 32 heads,
@@ -29,15 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 
 from pipeblocks.cli.compare import compare  # noqa: E402
-from pipeblocks.errors import PipeblocksError  # noqa: E402
-from pipeblocks.ir import PipelineSpec, Placement  # noqa: E402
 from pipeblocks.sim import (  # noqa: E402
     CostModel,
     Machine,
     TransformerCosts,
     TransformerModel,
-    UniformCosts,
-    simulate,  # noqa: E402
+    UniformCosts,  # noqa: E402
 )
 
 NAME = "quality"
@@ -46,43 +44,31 @@ QUICK_SIZES = (4,)
 MODEL_7B = TransformerModel(layers=32, hidden=4096, heads=32, seq_len=4096, vocab=32000,
                             microbatch_size=1, bytes_per_element=2)
 MACHINE = Machine(flops=4e14, bandwidth=5e10, latency=1e-5)
-BUDGETS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0, 1.25, 1.5, 1.75, 2.0)
-SEARCH_CAP_S = 120.0  # all budgets of one (p, costs) together
 
 
 def cost_models() -> dict[str, CostModel]:
     return {"unit": UniformCosts(), "7b": TransformerCosts(MODEL_7B, MACHINE)}
 
 
-def front_points(p: int, m: int, costs: CostModel) -> tuple[list[dict[str, Any]], str]:
-    """The search's best schedule at each budget (peak fraction, bubble rate), and a note."""
-    fn, note = c.search_api()
+def front_points(p: int, m: int, costs: CostModel) -> tuple[dict[str, Any], str]:
+    """``pipeblocks.search.pareto.pareto``: the best schedule at every budget, and a note."""
+    fn, note = c.search_api("pareto")
     if fn is None:
-        return [], note
-    points = []
-    start = time.perf_counter()
-    for budget in BUDGETS:
-        if time.perf_counter() - start > SEARCH_CAP_S:
-            note = f"budgets above {points[-1]['budget'] if points else '-'} skipped: time cap"
-            break
-        spec = PipelineSpec(p, m, 2, Placement.V)
-        t0 = time.perf_counter()
-        try:
-            schedule = fn(spec, costs, budget)
-        except PipeblocksError as e:  # below the smallest feasible budget
-            points.append({"budget": budget, "error": str(e).splitlines()[0]})
-            continue
-        sim = simulate(schedule, costs)
-        points.append({"budget": budget, "name": schedule.name, "peak_fraction": sim.peak_fraction,
-                       "bubble_rate": sim.bubble_rate, "makespan": sim.makespan,
-                       "search_s": time.perf_counter() - t0})
-    return points, note
+        return {}, note
+    t0 = time.perf_counter()
+    fr = fn(p, m, costs, family="all", named=False)
+    seconds = time.perf_counter() - t0
+    points = [{"budget": pt.budget, "name": pt.result.schedule.name, "family": pt.result.family,
+               "peak_fraction": pt.result.peak_fraction, "bubble_rate": pt.result.bubble_rate,
+               "makespan": pt.result.makespan} for pt in fr.points]
+    return {"points": points, "candidates": [list(x) for x in fr.candidates],
+            "seconds": seconds}, note
 
 
 def run(quick: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {"cases": [], "model_7b": {f: getattr(MODEL_7B, f) for f in
                                                      MODEL_7B.__dataclass_fields__},
-                           "machine": {"flops": MACHINE.flops, "bandwidth": MACHINE.bandwidth,
+                           "device_7b": {"flops": MACHINE.flops, "bandwidth": MACHINE.bandwidth,
                                        "latency": MACHINE.latency}}
     for p in QUICK_SIZES if quick else SIZES:
         m = 4 * p
@@ -90,9 +76,9 @@ def run(quick: bool = False) -> dict[str, Any]:
             c.log(f"quality: compare p={p} m={m} costs={label}")
             rows, skipped = compare(p, m, costs)
             c.log(f"quality: search front p={p} m={m} costs={label}")
-            points, note = front_points(p, m, costs)
+            front, note = front_points(p, m, costs)
             case = {"p": p, "m": m, "costs": label, "rows": rows, "not_applicable": skipped,
-                    "front": points, "front_note": note}
+                    "front": front, "front_note": note}
             case["plot"] = str(plot(case, quick).relative_to(c.ROOT))
             out["cases"].append(case)
     c.write_result(NAME, out, quick)
@@ -103,7 +89,7 @@ def plot(case: dict[str, Any], quick: bool) -> Path:
     from pipeblocks.visual.pareto import plot_pareto
 
     named = {r["name"]: (r["peak_fraction"], r["bubble_rate"]) for r in case["rows"]}
-    pts = [(q["peak_fraction"], q["bubble_rate"]) for q in case["front"] if "error" not in q]
+    pts = [tuple(x) for x in case["front"].get("candidates", [])]
     title = (f"p={case['p']} m={case['m']}, {case['costs']} costs"
              + ("" if pts else " (search not available: named schedules only)"))
     path = c.image_path(f"pareto-p{case['p']}-{case['costs']}", quick)
@@ -113,7 +99,7 @@ def plot(case: dict[str, Any], quick: bool) -> Path:
     return path
 
 
-def markdown(result: dict[str, Any]) -> str:
+def markdown(result: dict[str, Any], md_dir: Path = c.ROOT / "docs") -> str:
     m7 = result["model_7b"]
     lines = [
         "## Schedule quality (simulated)",
@@ -127,9 +113,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"- **7b**: the transformer preset for a 7B-class GPT ({m7['layers']} layers, hidden "
         f"{m7['hidden']}, {m7['heads']} heads, sequence {m7['seq_len']}, vocabulary "
         f"{m7['vocab']}, microbatch {m7['microbatch_size']}, {m7['bytes_per_element']:g}-byte "
-        f"activations) on devices of {result['machine']['flops']:.0e} FLOP/s with "
-        f"{result['machine']['bandwidth'] / 1e9:g} GB/s, {result['machine']['latency'] * 1e6:g} "
-        f"µs links; makespan in seconds, memory in bytes (the last stage carries the output "
+        f"activations) on devices of {result['device_7b']['flops']:.0e} FLOP/s with "
+        f"{result['device_7b']['bandwidth'] / 1e9:g} GB/s, "
+        f"{result['device_7b']['latency'] * 1e6:g} µs links; makespan in seconds, memory in bytes (the last stage carries the output "
         f"layer).",
         "",
     ]
@@ -143,20 +129,23 @@ def markdown(result: dict[str, Any]) -> str:
         if case["not_applicable"]:
             lines += ["Not applicable: " + "; ".join(
                 f"{s['name']} ({s['reason'].split(';')[0]})" for s in case["not_applicable"]), ""]
-        ok = [q for q in case["front"] if "error" not in q]
-        if ok:
-            lines += ["Search (V placement) at each memory budget (fraction of 1F1B's peak):", ""]
-            lines += [c.table(["budget", "peak", "bubble", "makespan", "search s"],
-                              [[q["budget"], q["peak_fraction"], q["bubble_rate"], q["makespan"],
-                                q["search_s"]] for q in ok]), ""]
-            bad = [q for q in case["front"] if "error" in q]
-            if bad:
-                lines += [f"Infeasible budgets: {', '.join(str(q['budget']) for q in bad)} "
-                          f"({bad[0]['error']}).", ""]
+        front = case["front"]
+        if front:
+            lines += [f"The search's front (`pareto(p, m, costs, family='all', named=False)`, "
+                      f"{front['seconds']:.1f} s, {len(front['candidates'])} candidates "
+                      f"simulated): the best schedule found at each budget (a fraction of "
+                      f"1F1B's peak), every {4 if case['p'] >= 16 else 2}nd rung shown:", ""]
+            step = 4 if case["p"] >= 16 else 2
+            pts = front["points"][::step]
+            if front["points"] and front["points"][-1] not in pts:
+                pts.append(front["points"][-1])
+            lines += [c.table(["budget", "peak", "bubble", "makespan", "schedule"],
+                              [[q["budget"], q["peak_fraction"], q["bubble_rate"],
+                                q["makespan"], f"`{q['name']}`"] for q in pts]), ""]
         if case["front_note"]:
             lines += [f"Note: {case['front_note']}; the plot shows the named schedules only.", ""]
         lines += [f"![pareto p={case['p']} {case['costs']}]"
-                  f"({Path(case['plot']).relative_to('docs')})", ""]
+                  f"({c.link(case['plot'], md_dir)})", ""]
     return "\n".join(lines)
 
 

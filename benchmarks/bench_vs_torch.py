@@ -90,7 +90,9 @@ def _torch_emulated(ms: float, first: bool) -> Any:
         @staticmethod
         def backward(ctx: Any, g: Any) -> Any:
             _sleep(ctx.seconds)
-            return g, (None if ctx.wshape is None else torch.zeros(ctx.wshape)), None
+            # contiguous: the loss's gradient arrives expanded (stride 0), and PyTorch sizes
+            # its receive buffers from the first gradient it sees
+            return g.contiguous(), (None if ctx.wshape is None else torch.zeros(ctx.wshape)), None
 
     class WeightPath(torch.autograd.Function):
         @staticmethod
@@ -224,24 +226,10 @@ def _case_pair(name: str, case: dict[str, Any], rank: int, P: int, pt_group: Any
         pt_sched.step(*args, return_outputs=False, **kwargs)
         if pt_opt is not None:
             pt_opt.step()
-        return float(sum(float(t) for t in losses) / len(losses)) if losses else None
+        return sum(float(t.detach()) for t in losses) / len(losses) if losses else None
 
     return {"ours": ours, "torch": theirs, "csv": csv, "class": cls_name,
             "same_as_generator": order.programs == ours_gen.programs}
-
-
-def _timed(fn: Any, step: int) -> tuple[float, float | None]:
-    """The makespan (ms) of one step over all ranks, and the loss where this rank has it."""
-    import torch
-    import torch.distributed as dist
-
-    dist.barrier()
-    t0 = time.perf_counter()
-    loss = fn(step)
-    t1 = time.perf_counter()
-    t = torch.tensor([-t0, t1, loss if loss is not None else -float("inf")], dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return (float(t[0]) + float(t[1])) * 1e3, (float(t[2]) if t[2] > -float("inf") else None)
 
 
 def worker(config: dict[str, Any]) -> int:
@@ -261,9 +249,9 @@ def worker(config: dict[str, Any]) -> int:
             pair = _case_pair(name, case, rank, P, pt_group)
             times: dict[str, list[float]] = {"ours": [], "torch": []}
             losses: dict[str, list[float | None]] = {"ours": [], "torch": []}
-            for step in range(config["rounds"] + 1):
+            for step in range(case.get("rounds", config["rounds"]) + 1):
                 for side in ("ours", "torch"):
-                    ms, loss = _timed(pair[side], step)
+                    ms, loss = c.timed_step(pair[side], step)
                     losses[side].append(loss)
                     if step:  # step 0 warms up (shapes, communicators)
                         times[side].append(ms)
@@ -309,14 +297,17 @@ def run(quick: bool = False, ranks: int = 4, microbatches: int = 8,
     schedules = QUICK if quick else tuple(PAIRS)
     cases = [{"kind": "emulated", "ms": 20.0, "m": microbatches},
              {"kind": "emulated", "ms": 5.0, "m": microbatches},
-             {"kind": "real", "m": microbatches}]
+             # real steps are short and noisier (4 ranks share 2 cores): more rounds
+             {"kind": "real", "m": microbatches, "rounds": 2 * rounds}]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "rows.json"
         config = {"cases": cases, "schedules": schedules, "rounds": rounds, "out": str(out)}
         c.log(f"vs_torch: launching {ranks} ranks ({len(cases)} cases x {len(schedules)} "
               f"schedules x {rounds} rounds)")
+        before = c.load_average()
         res = launch([c.PYTHON, __file__, "--worker", json.dumps(config)], ranks,
                      deadline=1500, grace=10)
+        load = [before, c.load_average()]
         if not res.ok:
             raise RuntimeError(f"bench_vs_torch ranks failed: codes {res.codes} {res.fault}")
         rows = json.loads(out.read_text())
@@ -327,7 +318,7 @@ def run(quick: bool = False, ranks: int = 4, microbatches: int = 8,
         pairs = [(a, b) for a, b in zip(r["ours_loss"], r["torch_loss"], strict=True)
                  if a is not None and b is not None]
         r["loss_max_abs_diff"] = max((abs(a - b) for a, b in pairs), default=None)
-    result = {"ranks": ranks, "microbatches": microbatches, "rounds": rounds,
+    result = {"ranks": ranks, "microbatches": microbatches, "rounds": rounds, "load": load,
               "microbatch_size": MICROBATCH, "model": MODEL, "rows": rows}
     result["plot"] = str(plot(result, quick).relative_to(c.ROOT))
     c.write_result(NAME, result, quick)
@@ -358,7 +349,7 @@ def plot(result: dict[str, Any], quick: bool) -> Path:
         for x, r in zip(xs, rows, strict=True):
             ax.annotate(f"{r['ratio']:.2f}", (x, max(r["ours"]["max"], r["torch"]["max"])),
                         ha="center", va="bottom", fontsize=7)
-    axes[0][0].legend(fontsize=7, loc="lower left")
+    axes[0][0].legend(fontsize=7, loc="upper left")
     fig.suptitle(f"Same schedule, {result['ranks']} gloo ranks, {result['microbatches']} "
                  f"microbatches; numbers: ours / PyTorch", fontsize=10)
     fig.tight_layout()
@@ -368,7 +359,7 @@ def plot(result: dict[str, Any], quick: bool) -> Path:
     return path
 
 
-def markdown(result: dict[str, Any]) -> str:
+def markdown(result: dict[str, Any], md_dir: Path = c.ROOT / "docs") -> str:
     lines = [
         "## Executor vs torch.distributed.pipelining",
         "",
@@ -376,11 +367,13 @@ def markdown(result: dict[str, Any]) -> str:
         f"same schedule in both: PyTorch's class computes the order and our executor runs that "
         f"order (*gen* says whether our generator of that name makes the identical order). "
         f"One launch; after a warm-up step each, the two alternate A B A B for "
-        f"{result['rounds']} rounds; step time = the pipeline's makespan (barrier, then the "
+        f"{result['rounds']} rounds ({2 * result['rounds']} for real compute); step time = the pipeline's makespan (barrier, then the "
         f"latest end minus the earliest start). *spread* = (max - min) / median. *ideal*: the "
         f"simulated makespan of that order with each side's pass times and no transfer cost "
         f"(PyTorch's first stage runs no B and a 2X W). See `benchmarks/bench_vs_torch.py` "
-        f"for how the passes are emulated.",
+        f"for how the passes are emulated." + (
+            f" Load average before and after the launch: {result['load'][0]:g} -> "
+            f"{result['load'][1]:g} (2 cores)." if result.get("load") else ""),
         "",
     ]
     head = ["case", "schedule", "PyTorch class", "gen", "ours ms", "spread", "PyTorch ms",
@@ -395,7 +388,7 @@ def markdown(result: dict[str, Any]) -> str:
                      r["torch"]["median"] / r["ideal_torch_ms"] if r["ideal_torch_ms"] else None,
                      r["loss_max_abs_diff"]])
     lines += [c.table(head, rows), ""]
-    lines += [f"![executor vs PyTorch]({Path(result['plot']).relative_to('docs')})", ""]
+    lines += [f"![executor vs PyTorch]({c.link(result['plot'], md_dir)})", ""]
     return "\n".join(lines)
 
 

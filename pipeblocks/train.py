@@ -15,6 +15,7 @@ Step time is the pipeline's makespan: from the earliest rank's start to the late
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from pipeblocks.errors import PipeblocksError, SpecError
 from pipeblocks.ir import Schedule, validate
 from pipeblocks.models.gpt import GPTConfig, TinyGPT, lm_loss, synthetic_batch
 from pipeblocks.models.split import ends_layout, split
+from pipeblocks.runtime import checkpoint
 from pipeblocks.runtime.emulate import EmulatedStage
 from pipeblocks.runtime.executor import Executor
 from pipeblocks.runtime.faults import Guard, RankFailure
@@ -117,8 +119,30 @@ def check_args(args: argparse.Namespace, world: int | None = None) -> Schedule:
         raise SpecError("--check-grads needs real passes; drop --emulate-ms")
     schedule = load_schedule(args, num_ranks)
     cfg = model_config(args, schedule.spec.num_stages)
-    layout_of(args, cfg, schedule.spec.num_stages)
+    layout = layout_of(args, cfg, schedule.spec.num_stages)
+    _check_checkpoint_args(args, cfg, layout)
     return schedule
+
+
+def _check_checkpoint_args(args: argparse.Namespace, cfg: GPTConfig,
+                           layout: tuple[int, ...]) -> None:
+    """--save / --save-every / --resume: refused here, before any process or message."""
+    if args.save_every is not None and args.save is None:
+        raise SpecError("--save-every needs --save DIR")
+    if args.save is not None and os.path.exists(args.save) and not os.path.isdir(args.save):
+        raise SpecError(f"--save {args.save} is a file; give a folder (created if missing)")
+    if args.emulate_ms is not None and (args.save or args.resume):
+        raise SpecError("--save and --resume need real passes (a model to save); drop "
+                        "--emulate-ms")
+    if args.resume is not None and args.check_grads:
+        raise SpecError("--check-grads compares step 1 with a fresh model; drop it with --resume")
+    if args.resume is not None:
+        info = checkpoint.find(args.resume)
+        checkpoint.check_compatible(info, layout, dataclasses.asdict(cfg))
+        if info.step >= args.steps:
+            raise SpecError(f"--resume {info.path} is after step {info.step} but --steps is "
+                            f"{args.steps} (the total): nothing to run; use --steps "
+                            f"{info.step + 1} or more")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,9 +186,16 @@ def _train(args: argparse.Namespace) -> int:
     except Exception as e:
         message = str(e)
         if not isinstance(e, RankFailure):  # outside a pass: still stop the others at once
-            message = f"rank {rank} failed: {type(e).__name__}: {e}"
+            text = (str(e).strip().splitlines() or [""])[0][:300]
+            message = f"rank {rank} failed: {type(e).__name__}: {text}"
             if guard is not None:
-                guard.fail(message)
+                # A transport error here (the barrier or all-reduce between steps) usually
+                # means a peer died: as the executor does, report the root cause the
+                # launcher posts within 2 s rather than this rank's "connection reset".
+                cause = guard.posted(within=2.0) or guard.fail(message)
+                guard.stand_down()
+                if cause != message:
+                    message = f"rank {rank} stops in {guard.where}: {cause}"
         print(f"pipeblocks: error: {message}", file=sys.stderr, flush=True)
         if guard is not None:
             time.sleep(5 * guard.poll)  # let the other guards read the fault first
@@ -192,6 +223,7 @@ def _loop(
     rank = dist.get_rank() if dist.is_initialized() else 0
     mbs = args.microbatch_size
     batch = m * mbs
+    opt: torch.optim.Optimizer | None = None
     if args.emulate_ms is not None:
         runners: dict[int, Any] = {
             s: EmulatedStage(s, S, args.emulate_ms, (mbs, cfg.seq, cfg.dim), device=device)
@@ -211,7 +243,13 @@ def _loop(
     steps: list[dict[str, Any]] = []
     grads: dict[str, torch.Tensor] = {}
     peak = 0
-    for step in range(args.steps):
+    first = 0
+    layout = layout_of(args, cfg, S)
+    if args.resume is not None:
+        if guard is not None:
+            guard.where = "loading the checkpoint"
+        first = checkpoint.load(checkpoint.find(args.resume), mine, opt, guard)
+    for step in range(first, args.steps):
         tokens, targets = synthetic_batch(cfg, batch, seed=args.seed, step=step)
         tokens, targets = tokens.to(device), targets.to(device)
         if dist.is_initialized():
@@ -235,6 +273,12 @@ def _loop(
             shown = f"{loss:.4f}" if loss is not None else "-"
             print(f"step {step + 1:>3}/{args.steps}  loss {shown}  step {ms:8.1f} ms  "
                   f"{tok_s:9,.0f} tokens/s", flush=True)
+        if args.save and (step + 1 == args.steps or (args.save_every and
+                                                      (step + 1) % args.save_every == 0)):
+            if guard is not None:
+                guard.where = f"saving the checkpoint of step {step + 1}"
+            checkpoint.save(args.save, step + 1, mine, opt, layout=layout,
+                            model=dataclasses.asdict(cfg), schedule=schedule.name, guard=guard)
     gathered: list[Any] = [(rank, peak, grads)]
     if dist.is_initialized():
         gathered = [None] * dist.get_world_size() if rank == 0 else []
@@ -250,6 +294,7 @@ def _loop(
         "stages_per_rank": v,
         "placement": spec.placement.value,
         "steps": args.steps,
+        "first_step": first + 1,
         "backend": dist.get_backend() if dist.is_initialized() else "none",
         "step_ms": step_ms,
         "step_ms_median": median,

@@ -19,7 +19,6 @@ from pipeblocks.generators import generate, get
 from pipeblocks.ir import Schedule, validate
 from pipeblocks.sim import Simulation, simulate
 
-
 # Bounds that keep a picture's pixels (and the memory to render them) finite and sane.
 _MAX_DPI = 1200.0
 _MAX_WIDTH_IN = 200.0

@@ -117,31 +117,17 @@ def _suggest(args: argparse.Namespace, out: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     if args.warmup < 0:
         raise SpecError(f"--warmup must be >= 0 (got {args.warmup})")
-    # torch only on this path, so `pipeblocks --help` works without it
-    import torch
-
-    from pipeblocks.models.gpt import TinyGPT, lm_loss, synthetic_batch
-    from pipeblocks.models.split import split
-    from pipeblocks.runtime.profile import profile_stages
+    # torch only on this path (and only inside pipeblocks.runtime), so `pipeblocks --help`
+    # works without it
+    from pipeblocks.runtime.profile import profile_small_gpt
     from pipeblocks.train import layout_of, model_config
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SpecError("--device cuda but CUDA is not available; use --device cpu")
-    if args.clock == "cpu" and (args.device == "cuda" or
-                                (args.device == "auto" and torch.cuda.is_available())):
-        raise SpecError("--clock cpu misses GPU work; use --device cpu or --clock wall")
-    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if cuda else "cpu")
-    torch.set_num_threads(args.threads)
     num_stages = args.ranks * args.stages_per_rank
     cfg = model_config(args, num_stages)
-    stages = split(TinyGPT(cfg, seed=args.seed), num_stages, layout_of(args, cfg, num_stages))
-    for st in stages:
-        st.to(device)
-    tokens, targets = synthetic_batch(cfg, args.microbatch_size, seed=args.seed)
-    prof = profile_stages(stages, tokens.to(device), targets.to(device), lm_loss,
-                          reps=args.reps, warmup=args.warmup, clock=args.clock,
-                          comm_ms=args.comm)
+    prof = profile_small_gpt(cfg, layout_of(args, cfg, num_stages),
+                             microbatch=args.microbatch_size, seed=args.seed, reps=args.reps,
+                             warmup=args.warmup, clock=args.clock, device=args.device,
+                             threads=args.threads, comm_ms=args.comm)
     if args.output:
         Path(args.output).write_text(json.dumps(prof.costs(), indent=2) + "\n")
     if args.json:
@@ -153,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"# {args.model}: {cfg.layers} blocks, dim {cfg.dim}, seq {cfg.seq}, microbatch "
           f"{args.microbatch_size}; {num_stages} stages (p={args.ranks}, v={args.stages_per_rank})"
-          f" on {device}; median of {args.reps} ({args.clock} clock)")
+          f" on {prof.device}; median of {args.reps} ({args.clock} clock)")
     print(f"{'stage':>5} {'F ms':>8} {'B ms':>8} {'W ms':>8} {'BW ms':>8} {'(B+W)/BW':>9} "
           f"{'mem_f MiB':>10} {'mem_w MiB':>10}")
     for s in prof.stages:

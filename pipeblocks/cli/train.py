@@ -4,6 +4,8 @@
     $ pipeblocks train --schedule 1f1b --ranks 4 --microbatches 8 --steps 3 --check-grads --json
     $ pipeblocks train --schedule zb-v --ranks 4 --microbatches 8 --steps 5 --emulate-ms 20
     $ pipeblocks train --schedule-file my.csv --ranks 4 --steps 5
+    $ pipeblocks train --schedule 1f1b --ranks 4 --microbatches 8 --steps 20 --save ckpt --save-every 5
+    $ pipeblocks train --schedule v-half --ranks 2 --microbatches 8 --steps 40 --resume ckpt
     $ torchrun --nproc-per-node 4 -m pipeblocks.train --schedule 1f1b --microbatches 8
 
 This command starts the P processes itself (:func:`pipeblocks.runtime.launch.launch`); each
@@ -73,6 +75,14 @@ def add_train_args(p: argparse.ArgumentParser, *, ranks_required: bool) -> None:
                    "or fails (default 60)")
     p.add_argument("--threads", type=positive_int, default=1,
                    help="torch threads per rank (default 1)")
+    p.add_argument("--save", metavar="DIR", default=None,
+                   help="save a checkpoint (every rank's stages and optimizer state, the step) "
+                   "in DIR after the last step and every --save-every steps")
+    p.add_argument("--save-every", type=positive_int, default=None, metavar="K",
+                   help="with --save: also save after every K-th step")
+    p.add_argument("--resume", metavar="DIR", default=None,
+                   help="continue from the newest checkpoint in DIR (or that checkpoint "
+                   "folder): any schedule with the same stage layout; --steps is the total")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object as the last line of stdout")
 
@@ -110,6 +120,7 @@ _FLAGS = [
     ("microbatch_size", "--microbatch-size"), ("lr", "--lr"), ("seed", "--seed"),
     ("emulate_ms", "--emulate-ms"), ("check_grads", "--check-grads"), ("memory", "--memory"),
     ("timeout", "--timeout"), ("threads", "--threads"), ("json", "--json"),
+    ("save", "--save"), ("save_every", "--save-every"), ("resume", "--resume"),
 ]
 
 

@@ -63,8 +63,9 @@ class Generator:
         self.spec(spec.num_ranks, spec.num_microbatches, spec.stages_per_rank)
         pairs = spec.num_stages * spec.num_microbatches
         if pairs > MAX_PAIRS:  # refuse at once what would take hours and all memory to build
+            size = f"{pairs:.3g}" if pairs < 10**300 else f"about 10**{len(str(pairs)) - 1}"
             raise SpecError(
-                f"a schedule for {spec.describe()} has {pairs:.3g} (stage, microbatch) pairs, "
+                f"a schedule for {spec.describe()} has {size} (stage, microbatch) pairs, "
                 f"more than the {MAX_PAIRS:,} pipeblocks builds (about 3 passes each); use "
                 f"fewer ranks, stages per rank or microbatches"
             )

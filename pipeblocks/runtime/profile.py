@@ -16,7 +16,8 @@ one microbatch whose input is made by the stages before it, through the same
   reference to it, so a holder that is gone after B is memory B released.
 
 :meth:`Profile.costs` is the per-stage costs file (docs/simulator.md) that ``simulate``,
-``search`` and ``draw`` read with ``--costs``; ``pipeblocks profile`` writes it.
+``search`` and ``draw`` read with ``--costs``; ``pipeblocks profile`` writes it
+(:func:`profile_small_gpt`).
 
     >>> import torch
     >>> torch.manual_seed(0) and None
@@ -49,9 +50,11 @@ import torch
 from torch import nn
 
 from pipeblocks.errors import SpecError
+from pipeblocks.models.gpt import GPTConfig, TinyGPT, lm_loss, synthetic_batch
+from pipeblocks.models.split import split
 from pipeblocks.runtime.stage import LossFn, Stage
 
-__all__ = ["StageProfile", "Profile", "profile_stages", "saved_memory"]
+__all__ = ["StageProfile", "Profile", "profile_stages", "profile_small_gpt", "saved_memory"]
 
 Clock = Literal["wall", "cpu"]
 
@@ -225,3 +228,33 @@ def _memory(
     mem_w = held()
     stage.backward_weight(0)
     return mem_f, mem_w
+
+
+def profile_small_gpt(
+    cfg: GPTConfig,
+    layout: Sequence[int],
+    *,
+    microbatch: int,
+    seed: int = 0,
+    reps: int = 10,
+    warmup: int = 2,
+    clock: Clock = "wall",
+    device: Literal["auto", "cpu", "cuda"] = "auto",
+    threads: int = 1,
+    comm_ms: float = 0.0,
+) -> Profile:
+    """:func:`profile_stages` of the small GPT split by ``layout`` (parts per stage, as
+    ``pipeblocks train`` splits it) on ``device`` ("auto": CUDA when there is one)."""
+    cuda_ok = torch.cuda.is_available()
+    if device == "cuda" and not cuda_ok:
+        raise SpecError("--device cuda but CUDA is not available; use --device cpu")
+    where = torch.device("cuda" if device == "cuda" or (device == "auto" and cuda_ok) else "cpu")
+    if clock == "cpu" and where.type != "cpu":
+        raise SpecError("--clock cpu misses GPU work; use --device cpu or --clock wall")
+    torch.set_num_threads(threads)
+    stages = split(TinyGPT(cfg, seed=seed), len(layout), layout)
+    for st in stages:
+        st.to(where)
+    tokens, targets = synthetic_batch(cfg, microbatch, seed=seed)
+    return profile_stages(stages, tokens.to(where), targets.to(where), lm_loss, reps=reps,
+                          warmup=warmup, clock=clock, comm_ms=comm_ms)

@@ -114,21 +114,28 @@ def test_cli_refuses_bad_options(capsys) -> None:
 
 @pytest.mark.distributed
 def test_profile_search_train_loop(tmp_path: Path) -> None:
-    """profile -> search --memory 0.5 --costs -> train --schedule-file runs end to end, and the
-    schedule fits the budget under the profiled costs."""
+    """profile -> search --memory 0.6 --costs -> train --schedule-file runs end to end, and the
+    schedule fits the budget under the profiled costs (and would not fit 0.5: see below)."""
     if importlib.util.find_spec("pipeblocks.cli.search") is None:
         pytest.skip("pipeblocks search is not in this checkout yet")
+    # p=4: at p=2 no schedule holds much less than 1F1B's peak (one microbatch in flight fills
+    # both chunks of rank 0). At p=4, 0.5 is V-Min's peak with equal stages; the real model's
+    # last stage (the head, its logits) is heavier and sits on rank 0 under the V placement,
+    # so its smallest feasible budget is a little above 0.5: the search says so.
+    model = [*TINY, "--layers", "8"]
     costs, sched = tmp_path / "costs.json", tmp_path / "s.json"
-    assert cli(["profile", "--ranks", "2", *TINY, "--reps", "3", "-o", str(costs)]) == 0
-    assert cli(["search", "-p", "2", "-m", "4", "--memory", "0.5", "--costs", str(costs),
+    assert cli(["profile", "--ranks", "4", *model, "--reps", "3", "-o", str(costs)]) == 0
+    assert cli(["search", "-p", "4", "-m", "8", "--memory", "0.5", "--costs", str(costs)]) == 2
+    assert cli(["search", "-p", "4", "-m", "8", "--memory", "0.6", "--costs", str(costs),
                 "-o", str(sched)]) == 0
     schedule = load(sched)
     sim = simulate(schedule, load_costs(costs))
-    assert sim.peak_fraction <= 0.5 + 1e-9
+    assert sim.peak_fraction <= 0.6 + 1e-9
+    assert schedule.spec.num_stages == 8
     res = subprocess.run([sys.executable, "-m", "pipeblocks", "train", "--schedule-file",
-                          str(sched), "--ranks", "2", "--steps", "2", *TINY, "--json"],
+                          str(sched), "--ranks", "4", "--steps", "2", *model, "--json"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout.strip().splitlines()[-1])
-    assert report["ranks"] == 2 and len(report["loss"]) == 2
+    assert report["ranks"] == 4 and len(report["loss"]) == 2
     assert all(isinstance(x, float) and x > 0 for x in report["loss"])

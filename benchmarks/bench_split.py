@@ -1,0 +1,212 @@
+"""The B/W split's cost: per-stage (B + W) / BW CPU time of the small GPT, and where it goes.
+
+    $ .venv/bin/python benchmarks/bench_split.py            # three model sizes, 30 reps
+    $ .venv/bin/python benchmarks/bench_split.py --quick    # the demo size, 5 reps
+
+The small GPT (8 blocks, 4 stages as ``pipeblocks train`` splits it) is profiled with
+:func:`pipeblocks.runtime.profile.profile_stages` on the CPU clock (``time.thread_time`` of
+this thread, one torch thread, so other processes on the machine do not count): per stage the
+median F, B, W and fused BW over ``reps``, split and fused alternated. The target (issue 8) is
+(B + W) / BW <= 1.15 per stage. Then one middle stage's fused and split backward are taken
+apart (``where_time_goes``): time in autograd engine calls, in the frontier search, and the rest.
+Writes ``benchmarks/results/split.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as c  # noqa: E402
+
+NAME = "split"
+TARGET = 1.15
+SIZES = [  # (dim, heads, seq, microbatch size)
+    (64, 4, 32, 4),  # the demo's
+    (64, 4, 32, 8),
+    (256, 8, 64, 4),
+]
+STAGES = 4
+
+
+def _parts(dim: int, heads: int, seq: int) -> tuple[Any, Any]:
+    from pipeblocks.models.gpt import GPTConfig, TinyGPT
+    from pipeblocks.models.split import ends_layout, split
+
+    cfg = GPTConfig(vocab=256, seq=seq, dim=dim, heads=heads, layers=8)
+    return cfg, split(TinyGPT(cfg, seed=0), STAGES, ends_layout(cfg.layers, STAGES))
+
+
+def measure(dim: int, heads: int, seq: int, mbs: int, reps: int) -> dict[str, Any]:
+    import torch
+
+    from pipeblocks.models.gpt import lm_loss, synthetic_batch
+    from pipeblocks.runtime.profile import profile_stages
+
+    torch.set_num_threads(1)
+    cfg, parts = _parts(dim, heads, seq)
+    tokens, targets = synthetic_batch(cfg, mbs)
+    prof = profile_stages(parts, tokens, targets, lm_loss, reps=reps, warmup=3, clock="cpu")
+    rows = [{"stage": s.stage, "f": s.f, "b": s.b, "w": s.w, "bw": s.bw,
+             "ratio": s.split_over_fused} for s in prof.stages]
+    total = sum(r["b"] + r["w"] for r in rows) / sum(r["bw"] for r in rows)
+    return {"dim": dim, "heads": heads, "seq": seq, "microbatch": mbs, "stages": rows,
+            "total_ratio": total, "met": all(r["ratio"] <= TARGET for r in rows)}
+
+
+def where_time_goes(dim: int, heads: int, seq: int, mbs: int, reps: int = 50) -> dict[str, Any]:
+    """Stage 1's backward taken apart: engine calls, the frontier search, the rest (CPU ms).
+
+    The autograd engine calls (``frontier.engine_backward``) and the frontier search
+    (``frontier.plan``) are wrapped with ``time.thread_time`` counters while stage 1 runs
+    ``reps`` microbatches fused, then split, alternated; medians per microbatch. A profiler
+    would be simpler, but on passes of 1-3 ms its own overhead is as large as the difference
+    it should explain.
+    """
+    import statistics
+    import time
+
+    import torch
+
+    import pipeblocks.runtime.frontier as fr
+    import pipeblocks.runtime.stage as stage_mod
+    from pipeblocks.models.gpt import lm_loss, synthetic_batch
+
+    torch.set_num_threads(1)
+    cfg, parts = _parts(dim, heads, seq)
+    tokens, _ = synthetic_batch(cfg, mbs)
+    with torch.no_grad():
+        x = parts[0](tokens)
+        grad = torch.full_like(parts[1](x), 1e-3)
+    acc = {"engine_s": 0.0, "engine_calls": 0, "plan_s": 0.0}
+    real_engine, real_plan = fr.engine_backward, stage_mod.plan_frontier
+
+    def engine(*a: Any, **k: Any) -> Any:
+        t0 = time.thread_time()
+        try:
+            return real_engine(*a, **k)
+        finally:
+            acc["engine_s"] += time.thread_time() - t0
+            acc["engine_calls"] += 1
+
+    def plan(*a: Any, **k: Any) -> Any:
+        t0 = time.thread_time()
+        try:
+            return real_plan(*a, **k)
+        finally:
+            acc["plan_s"] += time.thread_time() - t0
+
+    samples: dict[str, list[dict[str, float]]] = {"BW": [], "B": [], "W": []}
+    fused = stage_mod.Stage(parts[1], 1, STAGES, lm_loss, split=False)
+    split = stage_mod.Stage(parts[1], 1, STAGES, lm_loss, split=True)
+    stage_mod.engine_backward = fr.engine_backward = engine  # type: ignore[assignment]
+    stage_mod.plan_frontier = plan  # type: ignore[assignment]
+    try:
+        for rep in range(reps + 3):
+            for label, st, call in (("BW", fused, lambda st: st.backward(0, grad)),
+                                    ("B", split, lambda st: st.backward_input(0, grad)),
+                                    ("W", split, lambda st: st.backward_weight(0))):
+                if label != "W":
+                    st.forward(0, x)
+                acc.update(engine_s=0.0, engine_calls=0, plan_s=0.0)
+                t0 = time.thread_time()
+                call(st)
+                total = time.thread_time() - t0
+                if rep >= 3:
+                    samples[label].append({"total": total, **acc})
+    finally:
+        stage_mod.engine_backward = fr.engine_backward = real_engine  # type: ignore[assignment]
+        stage_mod.plan_frontier = real_plan  # type: ignore[assignment]
+    parts[1].zero_grad(set_to_none=True)
+    out = {}
+    for label, rows in samples.items():
+        total = statistics.median(r["total"] for r in rows) * 1e3
+        eng = statistics.median(r["engine_s"] for r in rows) * 1e3
+        pln = statistics.median(r["plan_s"] for r in rows) * 1e3
+        out[label] = {"total_ms": total, "engine_ms": eng, "plan_ms": pln,
+                      "other_ms": total - eng - pln,
+                      "engine_calls": statistics.median(r["engine_calls"] for r in rows)}
+    return out
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    reps = 5 if quick else 30
+    sizes = SIZES[:1] if quick else SIZES
+    results = []
+    for dim, heads, seq, mbs in sizes:
+        c.log(f"split: dim {dim} seq {seq} microbatch {mbs}")
+        results.append(measure(dim, heads, seq, mbs, reps))
+    c.log("split: stage 1's backward taken apart (demo size)")
+    profile = where_time_goes(*SIZES[0], reps=10 if quick else 50)
+    result = {"target": TARGET, "reps": reps, "layers": 8, "stages": STAGES, "sizes": results,
+              "profile": profile}
+    c.write_result(NAME, result, quick)
+    return result
+
+
+def markdown(result: dict[str, Any], md_dir: Path = c.ROOT / "docs") -> str:
+    lines = [
+        "## The B/W split on real compute",
+        "",
+        f"(B + W) / BW of the small GPT ({result['layers']} blocks on {result['stages']} "
+        f"stages, split as `pipeblocks train` splits it), per stage, from `profile_stages` with "
+        f"the CPU clock (`time.thread_time`, one torch thread; median of {result['reps']}, split "
+        f"and fused alternated). Target: <= {result['target']} on every stage.",
+        "",
+    ]
+    head = ["dim", "seq", "microbatch", *(f"stage {s['stage']}" for s in
+                                          result["sizes"][0]["stages"]), "all stages", "target"]
+    rows = [[r["dim"], r["seq"], r["microbatch"], *(s["ratio"] for s in r["stages"]),
+             r["total_ratio"], "met" if r["met"] else "**missed**"] for r in result["sizes"]]
+    lines += [c.table(head, rows), ""]
+    prof = result["profile"]
+    bw, b, w = prof["BW"], prof["B"], prof["W"]
+    extra = b["total_ms"] + w["total_ms"] - bw["total_ms"]
+    extra_engine = b["engine_ms"] + w["engine_ms"] - bw["engine_ms"]
+    calls = b["engine_calls"] + w["engine_calls"] - bw["engine_calls"]
+    lines += [
+        "Where the split's time goes, stage 1 of the demo size (`bench_split.where_time_goes`: "
+        "the autograd engine calls and the frontier search wrapped with `thread_time` "
+        "counters; median CPU ms per microbatch):",
+        "",
+        c.table(["pass", "total", "engine calls", "in the engine", "frontier search", "rest"],
+                [[k, v["total_ms"], v["engine_calls"], v["engine_ms"], v["plan_ms"],
+                  v["other_ms"]] for k, v in prof.items()]),
+        "",
+        f"B + W costs {extra:.3f} ms more than BW: {extra_engine:.3f} ms more inside the engine "
+        f"({calls:.0f} more calls, so about {1e3 * extra_engine / max(calls, 1):.0f} µs each: a "
+        f"call's set-up and graph walk, and each frontier node evaluated once in B and again in "
+        f"W), {b['plan_ms'] + w['plan_ms']:.3f} ms in the frontier search, and "
+        f"{b['other_ms'] + w['other_ms'] - bw['other_ms']:.3f} ms of other Python in the stage. "
+        f"These are costs per block, not per FLOP, which is why the ratio falls as the blocks "
+        f"grow.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="the demo size, 5 reps")
+    args = ap.parse_args(argv)
+    result = run(args.quick)
+    for r in result["sizes"]:
+        print(f"dim {r['dim']} seq {r['seq']} microbatch {r['microbatch']}:")
+        c.print_table(["stage", "F", "B", "W", "BW", "(B+W)/BW"],
+                      [[s["stage"], s["f"], s["b"], s["w"], s["bw"], s["ratio"]]
+                       for s in r["stages"]])
+        print(f"all stages {r['total_ratio']:.3f} (target {TARGET}: "
+              f"{'met' if r['met'] else 'MISSED'})")
+    print("\nstage 1 of the demo size, CPU ms per microbatch:")
+    c.print_table(["pass", "total", "engine calls", "engine", "frontier search", "rest"],
+                  [[k, v["total_ms"], v["engine_calls"], v["engine_ms"], v["plan_ms"],
+                    v["other_ms"]] for k, v in result["profile"].items()])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
