@@ -174,6 +174,35 @@ def out_dir(quick: bool) -> Path:
     return RESULTS / "quick" if quick else RESULTS
 
 
+def post_cost_us(n: int = 200) -> tuple[float, float]:
+    """Wall and CPU µs to post one gloo isend (rank 0) or irecv (rank 1) of an activation.
+
+    Rank 0 posts ``n`` sends while rank 1 posts the ``n`` matching receives; each measures
+    its own loop (``perf_counter`` and ``thread_time``), then waits for the transfers. The
+    other ranks wait at the barrier. Every rank gets rank 0's and rank 1's mean, averaged.
+    """
+    import torch
+    import torch.distributed as dist
+
+    rank = dist.get_rank()
+    out = torch.zeros(2, dtype=torch.float64)
+    dist.barrier()
+    if rank in (0, 1):
+        bufs = [torch.zeros(4, 32, 64) for _ in range(n)]
+        works = []
+        w0, c0 = time.perf_counter(), time.thread_time()
+        for i, b in enumerate(bufs):
+            works.append(dist.isend(b, 1, tag=10_000 + i) if rank == 0 else
+                         dist.irecv(b, 0, tag=10_000 + i))
+        out[0] = (time.perf_counter() - w0) / n * 1e6
+        out[1] = (time.thread_time() - c0) / n * 1e6
+        for w in works:
+            w.wait()
+    dist.all_reduce(out)
+    dist.barrier()
+    return float(out[0]) / 2, float(out[1]) / 2
+
+
 def write_result(name: str, payload: dict[str, Any], quick: bool) -> Path:
     """Write ``benchmarks/results/<name>.json`` (``results/quick/`` for a smoke run)."""
     path = out_dir(quick) / f"{name}.json"

@@ -111,15 +111,25 @@ def get(name: str) -> Generator:
         ) from None
 
 
+# Listing order: the classics, Zero Bubble, the V shapes, then any other name alphabetically.
+# Fixed here so that listings, tables and docs do not depend on which module was imported first.
+_ORDER = ("gpipe", "1f1b", "interleaved-1f1b", "looped-bfs", "zb-h1", "zb-h2", "zb-v", "v-min",
+          "v-half", "v-zb", "1f1b-v", "dualpipe-v")
+
+
+def _rank(name: str) -> tuple[int, str]:
+    return (_ORDER.index(name) if name in _ORDER else len(_ORDER), name)
+
+
 def names() -> list[str]:
-    """Every registered name, in registration order."""
+    """Every registered name, in listing order (the built-in families first)."""
     _load()
-    return list(_REGISTRY)
+    return sorted(_REGISTRY, key=_rank)
 
 
 def generators() -> list[Generator]:
-    _load()
-    return list(_REGISTRY.values())
+    """Every registered generator, in the order of :func:`names`."""
+    return [_REGISTRY[n] for n in names()]
 
 
 def generate(

@@ -12,8 +12,9 @@ own span, the quantity the paper's search reports.
 Bound: idle_r <= max(0, 6p - 1 - 3k). The search meets it for every even k. At k = 2p - 1 no
 schedule does: the least idle is 3, not 2 (:func:`least_rank0_idle`, an exhaustive search,
 shows it for p = 2 and 3; the paper's own code expects 3 there too). At other odd k the search
-meets it for some k and is one slot above it for others (checked below; the exhaustive search
-finds the bound at p = 4, k = 5, so those are misses of the search, not of the bound).
+meets it for some k and is one slot above it for others (checked below; the exhaustive search,
+run once outside the suite because it takes about 10 s, reaches the bound at p = 4, k = 5, so
+those are misses of the search, not of the bound).
 """
 
 from __future__ import annotations
