@@ -288,8 +288,10 @@ def bad_costs_file(rng: random.Random, num_stages: int, num_ranks: int) -> tuple
     if common is not None:
         return (name, *common)
     if kind == "bad-value":
-        paths = _json_paths(doc)
-        return name, _replace_at(doc, rng.choice(paths), rng.choice(BAD_JSON_VALUES)).encode(), True
+        path, value = rng.choice(_json_paths(doc)), rng.choice(BAD_JSON_VALUES)
+        # An infinite link bandwidth is a legal machine (transfers cost only latency).
+        legal = path[-1] == "bandwidth" and value in ("Infinity", "1e400")
+        return name, _replace_at(doc, path, value).encode(), not legal
     if kind == "missing-field":
         if "transformer" in doc:
             part = rng.choice(["model", "machine"])
