@@ -123,7 +123,10 @@ def _step_loss(ex: Any, tokens: Any, targets: Any, last: dict[str, Any]) -> floa
     return res.loss  # type: ignore[no-any-return]
 
 
-def profiled_costs(num_stages: int, reps: int = 20) -> dict[str, Any]:
+IDLE_MS = 5.0  # a second profile sleeps this long before each timed pass (note "idle")
+
+
+def profiled_costs(num_stages: int, reps: int = 20, idle_ms: float = 0.0) -> dict[str, Any]:
     """The small GPT split into ``num_stages`` as train splits it: its costs-file object."""
     import torch
 
@@ -135,7 +138,8 @@ def profiled_costs(num_stages: int, reps: int = 20) -> dict[str, Any]:
     cfg = GPTConfig(**MODEL)
     parts = split(TinyGPT(cfg, seed=0), num_stages, ends_layout(cfg.layers, num_stages))
     tokens, targets = synthetic_batch(cfg, MICROBATCH)
-    prof = profile_stages(parts, tokens, targets, lm_loss, reps=reps, warmup=3, clock="wall")
+    prof = profile_stages(parts, tokens, targets, lm_loss, reps=reps, warmup=3, clock="wall",
+                          idle_ms=idle_ms)
     return prof.costs()
 
 
@@ -213,11 +217,13 @@ def run(quick: bool = False, rounds: int | None = None,
     if not quick:
         plan += [(8, emulated), (2, [{"kind": "real"}])]
     profiles: dict[int, dict[str, Any]] = {}
+    idle_profiles: dict[int, dict[str, Any]] = {}
     for P in sorted({P for P, cases in plan if any(k["kind"] == "real" for k in cases)}):
         for S in (P, 2 * P):
             if S not in profiles:
                 c.log(f"fidelity: profiling the small GPT on {S} stages")
                 profiles[S] = profiled_costs(S)
+                idle_profiles[S] = profiled_costs(S, reps=10, idle_ms=IDLE_MS)
     rows, comms, notes, loads, posts = [], {}, [], {}, {}
     for P, cases in plan:
         extra: dict[str, str] = {}
@@ -237,6 +243,9 @@ def run(quick: bool = False, rounds: int | None = None,
                 # the same schedule with the pass times this run measured (its last step)
                 r["simulated_inrun_ms"] = _simulated(r, got["comm_ms"], profiles, inrun=True)
                 r["ratio_inrun"] = r["measured"]["median"] / r["simulated_inrun_ms"]
+                # with the profile taken after IDLE_MS of sleep before each pass
+                r["simulated_idle_ms"] = _simulated(r, got["comm_ms"], idle_profiles)
+                r["ratio_idle"] = r["measured"]["median"] / r["simulated_idle_ms"]
                 prof = profiles[2 * r["p"] if r["stages_per_rank"] == 2 else r["p"]]["stages"]
                 busy_prof = sum(x["f"] + x["b"] + x["w"] for x in prof)
                 busy_run = sum(x["f"] + x["b"] + x["w"] for x in
@@ -253,7 +262,9 @@ def run(quick: bool = False, rounds: int | None = None,
     result = {"rounds": rounds, "plain_sleep": plain_sleep, "model": MODEL, "microbatch_size": MICROBATCH, "comm_ms": comms,
               "search_budgets": SEARCH_BUDGETS, "notes": notes, "load": loads,
               "post_us": posts,
-              "profiles": {str(k): v for k, v in profiles.items()}, "rows": rows}
+              "profiles": {str(k): v for k, v in profiles.items()},
+              "idle_ms": IDLE_MS, "idle_profiles": {str(k): v for k, v in idle_profiles.items()},
+              "rows": rows}
     name = NAME + ("-plain-sleep" if plain_sleep else "")  # the experiment never overwrites
     result["plot"] = str(plot(result, quick, name).relative_to(c.ROOT))
     c.write_result(name, result, quick)
@@ -371,7 +382,9 @@ def markdown(result: dict[str, Any], md_dir: Path = c.ROOT / "docs") -> str:
     if real:
         lines += [
             "Real compute. *simulated (profiled)* uses the costs `profile_stages` measured "
-            "before the run; *simulated (in-run)* uses the pass times the executor recorded "
+            "before the run, passes back to back; *idle profile* the costs measured with "
+            f"{result.get('idle_ms', 5):g} ms of sleep before each pass (`idle_ms`, see the "
+            "split section); *simulated (in-run)* uses the pass times the executor recorded "
             "in the run itself (median per stage and pass, last step); *in-run / profiled* "
             "is the ratio of the summed pass times: how much slower the same passes ran "
             "inside the pipeline than alone; *cores used*: the CPU time all ranks used in the "
@@ -389,11 +402,12 @@ def markdown(result: dict[str, Any], md_dir: Path = c.ROOT / "docs") -> str:
         if result.get("notes"):
             lines += ["Note: " + "; ".join(result["notes"]) + ".", ""]
         head = ["p", "schedule", "v", "simulated (profiled) ms", "measured ms", "spread",
-                "measured / simulated", "simulated (in-run) ms", "measured / simulated (in-run)",
+                "measured / simulated", "measured / simulated (idle profile)",
+                "simulated (in-run) ms", "measured / simulated (in-run)",
                 "in-run / profiled", "cores used", "CPU ms", "profiled work ms"]
         lines += [c.table(head, [[r["p"], r["schedule"], r["stages_per_rank"],
                                   r["simulated_ms"], r["measured"]["median"],
-                                  r["measured"]["rel_spread"], r["ratio"],
+                                  r["measured"]["rel_spread"], r["ratio"], r.get("ratio_idle"),
                                   r["simulated_inrun_ms"], r["ratio_inrun"],
                                   r["inrun_over_profiled"], r.get("cores_used"),
                                   r["trace"].get("cpu_ms"), r.get("profiled_work_ms")]

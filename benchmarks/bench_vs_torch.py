@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -211,13 +212,18 @@ def _case_pair(name: str, case: dict[str, Any], rank: int, P: int, pt_group: Any
             return torch.zeros(batch, cfg.seq, cfg.dim), torch.zeros(batch)
         return tokens, targets
 
+    cpu: dict[str, float] = {}  # CPU ms of this rank's last step, every thread
+
     def ours(step: int) -> float | None:
         x, y = data(step)
+        t0 = time.process_time()
         res = ex.step(x, y)
+        cpu["ours"] = (time.process_time() - t0) * 1e3
         return res.loss
 
     def theirs(step: int) -> float | None:
         x, y = data(step)
+        t0 = time.process_time()
         losses: list[Any] = []
         if pt_opt is not None:
             pt_opt.zero_grad(set_to_none=True)
@@ -226,9 +232,10 @@ def _case_pair(name: str, case: dict[str, Any], rank: int, P: int, pt_group: Any
         pt_sched.step(*args, return_outputs=False, **kwargs)
         if pt_opt is not None:
             pt_opt.step()
+        cpu["torch"] = (time.process_time() - t0) * 1e3
         return sum(float(t.detach()) for t in losses) / len(losses) if losses else None
 
-    return {"ours": ours, "torch": theirs, "csv": csv, "class": cls_name,
+    return {"ours": ours, "torch": theirs, "cpu": cpu, "csv": csv, "class": cls_name,
             "same_as_generator": order.programs == ours_gen.programs}
 
 
@@ -248,16 +255,21 @@ def worker(config: dict[str, Any]) -> int:
                 c.log(f"vs_torch: {case['kind']} {case.get('ms', '')} {name}")
             pair = _case_pair(name, case, rank, P, pt_group)
             times: dict[str, list[float]] = {"ours": [], "torch": []}
+            cpus: dict[str, list[float]] = {"ours": [], "torch": []}
             losses: dict[str, list[float | None]] = {"ours": [], "torch": []}
             for step in range(case.get("rounds", config["rounds"]) + 1):
                 for side in ("ours", "torch"):
                     ms, loss = c.timed_step(pair[side], step)
+                    used = torch.tensor([pair["cpu"][side]], dtype=torch.float64)
+                    dist.all_reduce(used)  # CPU ms of the step over all ranks
                     losses[side].append(loss)
                     if step:  # step 0 warms up (shapes, communicators)
                         times[side].append(ms)
+                        cpus[side].append(float(used))
             out.append({"case": case, "schedule": name, "torch_class": pair["class"],
                         "same_as_generator": pair["same_as_generator"], "order_csv": pair["csv"],
                         "ours_ms": times["ours"], "torch_ms": times["torch"],
+                        "ours_cpu_ms": cpus["ours"], "torch_cpu_ms": cpus["torch"],
                         "ours_loss": losses["ours"], "torch_loss": losses["torch"]})
             dist.barrier()
     if rank == 0:
@@ -314,6 +326,11 @@ def run(quick: bool = False, ranks: int = 4, microbatches: int = 8,
     for r in rows:
         r["ours"], r["torch"] = c.spread(r["ours_ms"]), c.spread(r["torch_ms"])
         r["ratio"] = r["ours"]["median"] / r["torch"]["median"]
+        # the same, round by round (each A B pair ran under the same load), and in CPU time
+        r["ratio_paired"] = statistics.median(
+            a / b for a, b in zip(r["ours_ms"], r["torch_ms"], strict=True))
+        r["cpu_ratio"] = (statistics.median(r["ours_cpu_ms"]) /
+                          statistics.median(r["torch_cpu_ms"]))
         r["ideal_ours_ms"], r["ideal_torch_ms"] = _ideal(r)
         pairs = [(a, b) for a, b in zip(r["ours_loss"], r["torch_loss"], strict=True)
                  if a is not None and b is not None]
@@ -371,19 +388,25 @@ def markdown(result: dict[str, Any], md_dir: Path = c.ROOT / "docs") -> str:
         f"latest end minus the earliest start). *spread* = (max - min) / median. *ideal*: the "
         f"simulated makespan of that order with each side's pass times and no transfer cost "
         f"(PyTorch's first stage runs no B and a 2X W). See `benchmarks/bench_vs_torch.py` "
-        f"for how the passes are emulated." + (
+        f"for how the passes are emulated. *paired*: the median over rounds of ours / "
+        f"PyTorch within a round (the two steps of a round ran under the same load); *CPU "
+        f"ours / PyTorch*: the CPU time all ranks used per step (`process_time`, every "
+        f"thread), medians; where 4 ranks share 2 cores, CPU time is what the step waits "
+        f"for. *loss diff*: the largest difference between the two sides' losses over the "
+        f"steps (same weights, same batches)." + (
             f" Load average before and after the launch: {result['load'][0]:g} -> "
             f"{result['load'][1]:g} (2 cores)." if result.get("load") else ""),
         "",
     ]
     head = ["case", "schedule", "PyTorch class", "gen", "ours ms", "spread", "PyTorch ms",
-            "spread", "ours / PyTorch", "ours / ideal", "PyTorch / ideal", "loss diff"]
+            "spread", "ours / PyTorch", "paired", "CPU ours / PyTorch", "ours / ideal",
+            "PyTorch / ideal", "loss diff"]
     rows = []
     for r in result["rows"]:
         rows.append([_label(r["case"]), r["schedule"], r["torch_class"],
                      "same" if r["same_as_generator"] else "differs", r["ours"]["median"],
                      r["ours"]["rel_spread"], r["torch"]["median"], r["torch"]["rel_spread"],
-                     r["ratio"],
+                     r["ratio"], r.get("ratio_paired"), r.get("cpu_ratio"),
                      r["ours"]["median"] / r["ideal_ours_ms"] if r["ideal_ours_ms"] else None,
                      r["torch"]["median"] / r["ideal_torch_ms"] if r["ideal_torch_ms"] else None,
                      r["loss_max_abs_diff"]])

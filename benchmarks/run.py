@@ -105,7 +105,12 @@ def _acceptance(res: dict[str, dict[str, Any] | None]) -> str:
                     f"- **ours / PyTorch, {label}** (target <= 1.0, goal 0.95): "
                     f"{sum(r['ratio'] <= 1.0 for r in rs)} of {len(rs)} schedule cases <= 1.0, "
                     f"{good} <= 0.95; worst {worst['ratio']:.3f} ({worst['schedule']}, "
-                    f"{'emulated ' + format(worst['case'].get('ms', 0), 'g') + ' ms' if kind == 'emulated' else 'real'}).")
+                    f"{'emulated ' + format(worst['case'].get('ms', 0), 'g') + ' ms' if kind == 'emulated' else 'real'})"
+                    + (f"; round by round, the worst median is "
+                       f"{max(r['ratio_paired'] for r in rs):.3f}; CPU time per step, ours / "
+                       f"PyTorch {min(r['cpu_ratio'] for r in rs):.2f} to "
+                       f"{max(r['cpu_ratio'] for r in rs):.2f}" if "cpu_ratio" in rs[0] else "")
+                    + ".")
     fid = res.get("bench_fidelity")
     if fid:
         for ms, target in ((20.0, 1.05), (5.0, 1.10)):
@@ -124,7 +129,10 @@ def _acceptance(res: dict[str, dict[str, Any] | None]) -> str:
                 f"to {max(r['ratio'] for r in real):.2f} with profiled costs, "
                 f"{min(r['ratio_inrun'] for r in real):.2f} to "
                 f"{max(r['ratio_inrun'] for r in real):.2f} with the pass times measured in the "
-                f"run; the ranks obtained a median of {cores:.2f} cores together (see the "
+                f"run" + (f", {min(r['ratio_idle'] for r in real):.2f} to "
+                          f"{max(r['ratio_idle'] for r in real):.2f} with a profile taken after "
+                          f"{fid['idle_ms']:g} ms idle" if "ratio_idle" in real[0] else "")
+                + f"; the ranks obtained a median of {cores:.2f} cores together (see the "
                 f"fidelity section).")
     sp = res.get("bench_split")
     if sp:

@@ -87,6 +87,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall: elapsed time (default; synchronised on CUDA); cpu: this "
                    "thread's CPU time (CPU only, immune to a busy machine)")
+    p.add_argument("--idle-ms", type=_non_negative, default=0.0, metavar="MS",
+                   help="sleep before every timed pass (default 0): a pass that follows a "
+                   "wait in a pipeline may run slower than back to back")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where to run the stages (default: cuda when available)")
     p.add_argument("--threads", type=positive_int, default=1,
@@ -127,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
     prof = profile_small_gpt(cfg, layout_of(args, cfg, num_stages),
                              microbatch=args.microbatch_size, seed=args.seed, reps=args.reps,
                              warmup=args.warmup, clock=args.clock, device=args.device,
-                             threads=args.threads, comm_ms=args.comm)
+                             threads=args.threads, comm_ms=args.comm,
+                             idle_ms=args.idle_ms)
     if args.output:
         Path(args.output).write_text(json.dumps(prof.costs(), indent=2) + "\n")
     if args.json:

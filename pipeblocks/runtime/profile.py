@@ -10,6 +10,10 @@ one microbatch whose input is made by the stages before it, through the same
   ``clock="wall"`` reads ``time.perf_counter`` (what a pipeline rank waits for; on CUDA after
   a ``synchronize``), ``clock="cpu"`` reads ``time.thread_time`` (CPU only; immune to other
   processes on a busy machine).
+- **idle** (a note): passes timed back to back find the caches warm and the core awake; in a
+  pipeline a pass often follows a wait (a bubble, a transfer), and on some machines the same
+  work then takes longer (on the 2-core VM of docs/benchmarks.md, 1.1x after 5 ms idle and
+  1.6x after 20 ms). ``idle_ms`` sleeps before every timed pass to measure that case.
 - **memory** (bytes): ``mem_f`` is what F saves for backward, counted by saved-tensor hooks
   (each storage once, parameters left out); ``mem_w`` is the part of it still held after B,
   until W frees it: the hooks hand autograd a small holder per saved tensor and keep a weak
@@ -164,14 +168,17 @@ def profile_stages(
     warmup: int = 2,
     clock: Clock = "wall",
     comm_ms: float = 0.0,
+    idle_ms: float = 0.0,
 ) -> Profile:
     """F, B, W, BW times and activation memory of every stage for one microbatch.
 
     ``stages`` in forward order (the last applies ``loss_fn`` to its output and ``targets``);
     ``batch`` is one microbatch of the first stage's input, on the stages' device.
+    ``idle_ms``: sleep that long before each timed pass (see the note "idle").
     """
-    if reps < 1 or warmup < 0:
-        raise SpecError(f"reps must be >= 1 and warmup >= 0 (got reps={reps}, warmup={warmup})")
+    if reps < 1 or warmup < 0 or idle_ms < 0:
+        raise SpecError(f"reps must be >= 1, warmup and idle_ms >= 0 (got reps={reps}, "
+                        f"warmup={warmup}, idle_ms={idle_ms})")
     device = batch.device
     if clock == "cpu" and device.type != "cpu":
         raise SpecError(f"clock 'cpu' reads this thread's CPU time, which misses GPU work "
@@ -192,22 +199,22 @@ def profile_stages(
         split = Stage(module, s, n, loss_fn, split=True)
         fused = Stage(module, s, n, loss_fn, split=False)
         times: dict[str, list[float]] = {"f": [], "b": [], "w": [], "bw": []}
+        def timed(call: Callable[..., Any], *args: Any) -> float:
+            if idle_ms:
+                time.sleep(idle_ms / 1e3)  # see the note "idle" in the module docs
+            t0 = now()
+            call(*args)
+            return now() - t0
+
         for rep in range(warmup + reps):
             fused.forward(0, xs[s], targets)  # F is timed on the split stage below
-            t1 = now()
-            fused.backward(0, grad)
-            t2 = now()
-            split.forward(0, xs[s], targets)
-            t3 = now()
-            split.backward_input(0, grad)
-            t4 = now()
-            split.backward_weight(0)
-            t5 = now()
+            bw = timed(fused.backward, 0, grad)
+            f = timed(split.forward, 0, xs[s], targets)
+            b = timed(split.backward_input, 0, grad)
+            w = timed(split.backward_weight, 0)
             if rep >= warmup:
-                times["bw"].append(t2 - t1)
-                times["f"].append(t3 - t2)
-                times["b"].append(t4 - t3)
-                times["w"].append(t5 - t4)
+                for key, value in (("bw", bw), ("f", f), ("b", b), ("w", w)):
+                    times[key].append(value)
         mem_f, mem_w = _memory(split, module, xs[s], targets, grad)
         module.zero_grad(set_to_none=True)
         ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
@@ -242,6 +249,7 @@ def profile_small_gpt(
     device: Literal["auto", "cpu", "cuda"] = "auto",
     threads: int = 1,
     comm_ms: float = 0.0,
+    idle_ms: float = 0.0,
 ) -> Profile:
     """:func:`profile_stages` of the small GPT split by ``layout`` (parts per stage, as
     ``pipeblocks train`` splits it) on ``device`` ("auto": CUDA when there is one)."""
@@ -257,4 +265,4 @@ def profile_small_gpt(
         st.to(where)
     tokens, targets = synthetic_batch(cfg, microbatch, seed=seed)
     return profile_stages(stages, tokens.to(where), targets.to(where), lm_loss, reps=reps,
-                          warmup=warmup, clock=clock, comm_ms=comm_ms)
+                          warmup=warmup, clock=clock, comm_ms=comm_ms, idle_ms=idle_ms)

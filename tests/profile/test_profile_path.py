@@ -88,6 +88,23 @@ def test_profile_stages_times_are_positive_and_memory_ordered() -> None:
 
 
 @pytest.mark.torch
+def test_idle_before_each_pass_is_slept_and_checked() -> None:
+    """idle_ms sleeps before every timed pass (BW, F, B, W: 4 per rep); negative is refused."""
+    import time
+
+    from pipeblocks.errors import SpecError
+
+    stages = [torch.nn.Linear(4, 4)]
+    t0 = time.perf_counter()
+    profile_stages(stages, torch.randn(2, 4), torch.zeros(2, 4), torch.nn.functional.mse_loss,
+                   reps=2, warmup=0, idle_ms=20)
+    assert time.perf_counter() - t0 >= 2 * 4 * 0.020  # 2 reps x 4 timed passes x 20 ms
+    with pytest.raises(SpecError, match="idle_ms"):
+        profile_stages(stages, torch.randn(2, 4), torch.zeros(2, 4),
+                       torch.nn.functional.mse_loss, idle_ms=-1)
+
+
+@pytest.mark.torch
 def test_cli_writes_a_costs_file_the_simulator_reads(tmp_path: Path, capsys) -> None:
     """--json reports p * v stages; -o writes per-stage costs that fit a v-half schedule."""
     out = tmp_path / "costs.json"
