@@ -27,6 +27,7 @@ from pipeblocks.blocks.layout import Layout, repeat
 from pipeblocks.blocks.lifespan import MemoryModel
 from pipeblocks.blocks.reordering import reorder as reorder_layout
 from pipeblocks.ir.actions import Action
+from pipeblocks.ir.bulk import no_gc
 from pipeblocks.ir.schedule import Schedule
 
 __all__ = ["squeeze", "build"]
@@ -36,20 +37,32 @@ def squeeze(layout: Layout, name: str = "") -> Schedule:
     """Each rank's passes in slot order, as a schedule."""
     block = layout.block
     n = len(block.passes)
-    ranks = block.pass_ranks
-    stages = [bp.stage for bp in block.passes]
-    kinds = [bp.kind for bp in block.passes]
-    keys: list[list[int]] = [[] for _ in range(block.num_ranks)]
     starts = layout.starts
-    # One sort of every pass by start gives each rank's passes in slot order.
-    for key in sorted(range(len(starts)), key=starts.__getitem__):
-        keys[ranks[key % n]].append(key)
-    programs = [
-        tuple(map(Action, [stages[k % n] for k in row], [kinds[k % n] for k in row],
-                  [k // n for k in row]))
-        for row in keys
-    ]
-    return Schedule(layout.spec, tuple(programs), name)
+    # A timed layout has at most one pass starting in each slot of a rank, so dropping each
+    # pass into its slot's bucket orders a rank in O(passes + slots), with no sort.
+    size = max(starts, default=-1) + 1
+    rows: list[list[Action | None]] = [[None] * size for _ in range(block.num_ranks)]
+    for op, bp in enumerate(block.passes):
+        row, stage, kind = rows[block.pass_ranks[op]], bp.stage, bp.kind
+        for mb, start in enumerate(starts[op::n]):
+            row[start] = Action(stage, kind, mb)
+    programs = tuple(tuple(a for a in row if a is not None) for row in rows)
+    if sum(map(len, programs)) != len(starts):  # two passes share a slot: keep both, by sort
+        programs = _squeeze_sorted(layout)
+    return Schedule(layout.spec, programs, name)
+
+
+def _squeeze_sorted(layout: Layout) -> tuple[tuple[Action, ...], ...]:
+    """Rank programs by one stable sort of every pass by start (ties keep key order)."""
+    block = layout.block
+    n = len(block.passes)
+    keys: list[list[int]] = [[] for _ in range(block.num_ranks)]
+    for key in sorted(range(len(layout.starts)), key=layout.starts.__getitem__):
+        keys[block.pass_ranks[key % n]].append(key)
+    ops = block.passes
+    return tuple(
+        tuple(Action(ops[k % n].stage, ops[k % n].kind, k // n) for k in row) for row in keys
+    )
 
 
 def build(
@@ -66,7 +79,8 @@ def build(
     ``limit`` and ``costs`` go to :func:`~pipeblocks.blocks.reordering.reorder` (by default no rank
     holds more than the block's stable-phase peak in unit memory).
     """
-    layout = repeat(block, num_microbatches)
-    if reorder:
-        layout = reorder_layout(layout, limit, costs)
-    return squeeze(layout, name)
+    with no_gc():  # a few objects per pass, no cycles: see pipeblocks.ir.bulk
+        layout = repeat(block, num_microbatches)
+        if reorder:
+            layout = reorder_layout(layout, limit, costs)
+        return squeeze(layout, name)

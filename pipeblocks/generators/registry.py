@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipeblocks.errors import SpecError
+from pipeblocks.ir.bulk import no_gc
 from pipeblocks.ir.schedule import Schedule
 from pipeblocks.ir.spec import PipelineSpec, Placement
 
@@ -137,7 +138,9 @@ def generate(
 ) -> Schedule:
     """Make the schedule ``name`` for p ranks and m microbatches (v defaults per generator)."""
     gen = get(name)
-    return gen(gen.spec(num_ranks, num_microbatches, stages_per_rank))
+    spec = gen.spec(num_ranks, num_microbatches, stages_per_rank)
+    with no_gc():  # a few objects per pass, no cycles: see pipeblocks.ir.bulk
+        return gen(spec)
 
 
 def _load() -> None:

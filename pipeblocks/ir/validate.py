@@ -34,6 +34,7 @@ from __future__ import annotations
 from pipeblocks.errors import ScheduleError
 from pipeblocks.ir.actions import Action, Pass
 from pipeblocks.ir.ascii import error_grid
+from pipeblocks.ir.bulk import no_gc
 from pipeblocks.ir.deps import key, walk
 from pipeblocks.ir.schedule import Schedule
 
@@ -65,9 +66,10 @@ def _where(schedule: Schedule, action: Action) -> tuple[int, int]:
 
 def validate(schedule: Schedule) -> None:
     """Raise :class:`ScheduleError` at the first broken rule; return None if the schedule is valid."""
-    if not _complete(schedule):
-        _check_each_action(schedule)  # raises the first broken rule, in program order
-    _check_dependencies(schedule)
+    with no_gc():  # a few objects per pass, no cycles: see pipeblocks.ir.bulk
+        if not _complete(schedule):
+            _check_each_action(schedule)  # raises the first broken rule, in program order
+        _check_dependencies(schedule)
 
 
 def _complete(schedule: Schedule) -> bool:

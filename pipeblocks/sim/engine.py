@@ -17,13 +17,13 @@ Memory (shared/DESIGN.md section 3): F allocates ``mem_f`` at its start; B frees
 
 from __future__ import annotations
 
-import gc
 import operator
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipeblocks.errors import DeadlockError, SpecError
 from pipeblocks.ir.actions import Action, Pass
+from pipeblocks.ir.bulk import no_gc
 from pipeblocks.ir.deps import needs
 from pipeblocks.ir.schedule import Schedule
 from pipeblocks.sim.costs import UNIT, CostModel, memory_unit, one_f_one_b_peak
@@ -45,7 +45,10 @@ class Span:
 class Simulation:
     """A simulated schedule: the timeline, memory per rank over time and the metrics.
 
-    - ``spans[r]``: rank r's passes in program order (the timeline).
+    - ``spans[r]``: rank r's passes in program order (the timeline), built on first use from
+      ``starts[r]`` and ``ends[r]`` (the times of ``schedule.programs[r]``, position by
+      position): most callers want only the metrics, and a million spans cost a third of a
+      large simulation.
     - ``memory[r]``: ``(time, held)`` steps of rank r's activation memory, starting at (0, 0).
     - ``peak_memory[r]``: the most rank r holds at once (cost model's memory unit).
     - ``busy[r]``: time rank r computes; ``span[r]``: its last end minus its first start.
@@ -59,7 +62,8 @@ class Simulation:
     """
 
     schedule: Schedule
-    spans: tuple[tuple[Span, ...], ...]
+    starts: tuple[tuple[float, ...], ...]
+    ends: tuple[tuple[float, ...], ...]
     memory: tuple[tuple[tuple[float, float], ...], ...]
     peak_memory: tuple[float, ...]
     busy: tuple[float, ...]
@@ -71,6 +75,23 @@ class Simulation:
     reference_peak: float = 0.0
     memory_unit: str = "stage-activations"
     stage_activation: float = 1.0
+    _spans: tuple[tuple[Span, ...], ...] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    @property
+    def spans(self) -> tuple[tuple[Span, ...], ...]:
+        """Per rank, its passes in program order with their times (built once, then kept)."""
+        if self._spans is None:
+            built = tuple(
+                tuple(map(Span, [r] * len(prog), prog, st, en))
+                for r, (prog, st, en) in enumerate(
+                    zip(self.schedule.programs, self.starts, self.ends, strict=True)
+                )
+            )
+            object.__setattr__(self, "_spans", built)  # a cache on a frozen object
+            return built
+        return self._spans
 
     @property
     def idle(self) -> tuple[float, ...]:
@@ -140,15 +161,8 @@ def simulate(schedule: Schedule, costs: CostModel | None = None) -> Simulation:
     finish raise :class:`DeadlockError` naming each stuck rank's next pass.
     """
     costs = UNIT if costs is None else costs
-    # The run allocates a few objects per pass and no reference cycles: pausing the cyclic
-    # collector saves its repeated scans of the growing heap (about a quarter of the time).
-    paused = gc.isenabled()
-    gc.disable()
-    try:
+    with no_gc():  # a few objects per pass, no cycles: see pipeblocks.ir.bulk
         return _simulate(schedule, costs)
-    finally:
-        if paused:
-            gc.enable()
 
 
 def _simulate(schedule: Schedule, costs: CostModel) -> Simulation:
@@ -266,7 +280,7 @@ def _measure(
     add_w = [-mw for _, mw in mem]
     add_bw = [-mf for mf, _ in mem]
     kind_f, kind_b, kind_w = Pass.F, Pass.B, Pass.W
-    spans, traces, peaks, busy, span = [], [], [], [], []
+    traces, peaks, busy, span = [], [], [], []
     for r, prog in enumerate(schedule.programs):
         st, en = starts[r], ends[r]
         held, peak = 0.0, 0.0
@@ -284,7 +298,6 @@ def _measure(
                     a.stage
                 ]
                 append((t1, held))
-        spans.append(tuple(map(Span, [r] * len(prog), prog, st, en)))
         traces.append(tuple(trace))
         peaks.append(peak)
         # summing durations one by one keeps integer-valued times exact (no cancellation)
@@ -297,7 +310,8 @@ def _measure(
     whole = sum(mf for mf, _ in mem)
     return Simulation(
         schedule=schedule,
-        spans=tuple(spans),
+        starts=tuple(map(tuple, starts)),
+        ends=tuple(map(tuple, ends)),
         memory=tuple(traces),
         peak_memory=tuple(peaks),
         busy=tuple(busy),

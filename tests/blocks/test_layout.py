@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeblocks.blocks import BlockPass, BuildingBlock, Placed, build, fill_w, repeat, squeeze
+from pipeblocks.blocks.layout import Layout
 from pipeblocks.errors import SpecError
 from pipeblocks.generators import generate
 from pipeblocks.ir import Action, Pass, validate
@@ -80,3 +81,15 @@ def test_build_without_reorder_is_the_squeezed_repetition() -> None:
     """reorder=False skips only the reorder step."""
     block = one_f_one_b_block(3)
     assert build(block, 5, reorder=False) == squeeze(repeat(block, 5))
+
+
+def test_squeeze_keeps_both_passes_of_a_shared_slot() -> None:
+    """Two passes of a rank starting in the same slot (not a timed layout, but squeeze must
+    lose nothing): both are kept, in key order."""
+    block = fill_w(one_f_one_b_block(2))
+    layout = repeat(block, 2)
+    clash = Layout(layout.block, 2, (0,) * len(layout.starts))
+    schedule = squeeze(clash)
+    assert sum(len(p) for p in schedule.programs) == len(layout.starts)
+    for rank in range(2):
+        assert list(schedule.programs[rank]) == clash.actions(rank)

@@ -162,3 +162,13 @@ def test_reorder_under_a_uniform_limit(block: BuildingBlock, m: int) -> None:
     layout = reorder(repeat(block, m), limit=top)
     assert max(layout_peak(layout)) <= top
     validate(squeeze(layout))
+
+
+@given(blocks(), st.integers(1, 9))
+def test_squeeze_lists_each_rank_in_slot_order(block: BuildingBlock, m: int) -> None:
+    """Squeezed programs (bucketed by slot) equal the layout's own slot order, rank by rank,
+    before and after reorder."""
+    for layout in (repeat(block, m), reorder(repeat(block, m))):
+        schedule = squeeze(layout)
+        for rank in range(block.num_ranks):
+            assert list(schedule.programs[rank]) == layout.actions(rank)
