@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from pipeblocks.errors import SpecError
 from pipeblocks.sim.costs import UniformCosts
 
-__all__ = ["one_line_errors", "add_spec_args", "add_cost_args", "parse_cost", "emit_json", "die", "positive_int"]
+__all__ = ["one_line_errors", "add_spec_args", "add_cost_args", "parse_cost", "emit_json", "die", "positive_int",
+           "finite_float"]
 
 
 def positive_int(text: str) -> int:
@@ -26,6 +29,32 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
     return value
+
+
+def finite_float(minimum: float = 0.0, *, strict: bool = False) -> Callable[[str], float]:
+    """argparse type: a finite number >= ``minimum`` (> with ``strict``), named when refused.
+
+    >>> finite_float(0.0, strict=True)("1.5")
+    1.5
+    >>> finite_float()("nan")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected a finite number >= 0, got 'nan'
+    """
+    sign = ">" if strict else ">="
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(
+                f"expected a finite number {sign} {minimum:g}, got {text!r}"
+            )
+        return value
+
+    return parse
 
 
 def add_spec_args(parser: argparse.ArgumentParser, *, name: bool = True) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeblocks.cli.common import die, emit_json, positive_int
+from pipeblocks.cli.common import die, emit_json, finite_float, positive_int
 from pipeblocks.cli.simulate import add_costs_args, build_costs
 from pipeblocks.errors import SpecError
 from pipeblocks.generators import generate, get
@@ -65,9 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="draw the memory budget line at FRACTION x 1F1B's peak")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="the picture to write: .png, .svg or .pdf (by extension)")
-    p.add_argument("--width", type=float, default=None, metavar="INCHES",
+    p.add_argument("--width", type=finite_float(0.0, strict=True), default=None, metavar="INCHES",
                    help="figure width in inches (default: fitted to the schedule, 8..18)")
-    p.add_argument("--dpi", type=float, default=100.0, help="resolution of a .png (default 100)")
+    p.add_argument("--dpi", type=finite_float(0.0, strict=True), default=100.0, help="resolution of a .png (default 100)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from pipeblocks.cli.common import emit_json
+from pipeblocks.cli.common import emit_json, finite_float
 from pipeblocks.cli.search import add_search_args, bar_for
 from pipeblocks.cli.simulate import build_costs
 from pipeblocks.search.pareto import pareto
@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Search the best schedule for every budget from the smallest feasible one "
         "to --top x 1F1B's peak; list them with the named generators marked.")
     add_search_args(p)
-    p.add_argument("--top", metavar="FRACTION", type=float, default=2.0,
+    p.add_argument("--top", metavar="FRACTION", type=finite_float(0.0, strict=True), default=2.0,
                    help="largest budget, as a fraction of 1F1B's peak (default 2)")
     p.add_argument("-o", "--output", metavar="FILE", default=None,
                    help="draw the trade-off to FILE (.png, .svg or .pdf)")

@@ -18,7 +18,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from pipeblocks.cli.common import add_cost_args, emit_json, parse_cost, positive_int
+from pipeblocks.cli.common import add_cost_args, emit_json, finite_float, parse_cost, positive_int
 from pipeblocks.errors import SpecError
 from pipeblocks.generators import generate
 from pipeblocks.ir import Schedule, validate
@@ -141,7 +141,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_costs_args(p)
     p.add_argument("--bubbles", action="store_true",
                    help="also list every idle interval per rank (the bubble map)")
-    p.add_argument("--capacity", type=float, default=None,
+    p.add_argument("--capacity", type=finite_float(), default=None,
                    help="memory per rank for the bubble map's free column (default: max peak)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
