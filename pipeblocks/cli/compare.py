@@ -7,7 +7,9 @@ Columns: the closed-form bubble rate where one exists (uniform costs, no transfe
 :mod:`pipeblocks.sim.formulas`), the simulated bubble rate (papers' metric and global), the peak
 as a fraction of 1F1B's, the makespan and the P2P volume (cross-rank transfers per step).
 Rows are sorted by bubble rate, then peak; the generators that do not accept (p, m) follow,
-each with its reason.
+each with its reason. A per-stage costs file fits the generators with its number of stages
+(e.g. 2p entries: the two-chunk ones); the others are listed as not applicable, and a costs
+file that fits none is an error.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def compare(p: int, m: int, costs: CostModel) -> tuple[list[dict[str, Any]], lis
     uniform = _formula_costs(costs)
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
+    cost_errors: list[SpecError] = []
     for gen in generators():
         try:
             schedule = gen(gen.spec(p, m))
@@ -60,7 +63,12 @@ def compare(p: int, m: int, costs: CostModel) -> tuple[list[dict[str, Any]], lis
             skipped.append({"name": gen.name, "reason": str(e)})
             continue
         validate(schedule)
-        sim = simulate(schedule, costs)
+        try:
+            sim = simulate(schedule, costs)
+        except SpecError as e:  # e.g. a per-stage costs file made for another stage count
+            cost_errors.append(e)
+            skipped.append({"name": gen.name, "reason": f"the costs do not fit it: {e}"})
+            continue
         formula = None
         if uniform is not None:
             formula = bubble_rate_formula(gen.name, schedule.spec, f=uniform.f, b=uniform.b,
@@ -76,6 +84,8 @@ def compare(p: int, m: int, costs: CostModel) -> tuple[list[dict[str, Any]], lis
             "makespan": sim.makespan,
             "p2p_transfers": transfers(schedule),
         })
+    if cost_errors and not rows:  # the costs fit no schedule at all: that is the error
+        raise cost_errors[0]
     rows.sort(key=lambda r: (round(r["bubble_rate"], 12), round(r["peak_fraction"], 12),
                              r["name"]))
     return rows, skipped

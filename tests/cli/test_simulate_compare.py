@@ -9,7 +9,7 @@ import pytest
 
 from pipeblocks.cli.main import main
 from pipeblocks.generators import generate, names
-from pipeblocks.sim import UniformCosts, simulate
+from pipeblocks.sim import UniformCosts, load_costs, simulate
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -125,6 +125,31 @@ def test_compare_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert one["p2p_transfers"] == 2 * 3 * 6 and one["peak_fraction"] == 1.0
     inter = next(s for s in skipped if s["name"] == "interleaved-1f1b")
     assert "num_microbatches % num_ranks == 0" in inter["reason"]
+
+
+def test_compare_with_a_per_stage_costs_file(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A costs file with p entries times the one-chunk generators with its per-stage times and
+    lists the two-chunk ones as not applicable (wrong stage count); 2p entries the reverse; a
+    file that fits no generator is one line, exit 2."""
+    def costs(n: int) -> str:
+        path = tmp_path / f"c{n}.json"
+        path.write_text(json.dumps({"stages": [{"f": 1, "b": 2, "w": 1}] * (n - 1)
+                                   + [{"f": 3, "b": 4, "w": 2}], "comm": 0.25}))
+        return str(path)
+
+    for n, v in ((4, 1), (8, 2)):
+        code, out, _ = run(capsys, "compare", "-p", "4", "-m", "8", "--costs", costs(n), "--json")
+        assert code == 0
+        obj = last_json(out)
+        assert obj["schedules"] and all(r["stages_per_rank"] == v for r in obj["schedules"])
+        assert all("the costs do not fit it" in s["reason"] for s in obj["not_applicable"]
+                   if "stages" in s["reason"])
+        name = obj["schedules"][0]["name"]
+        want = simulate(generate(name, 4, 8), load_costs(costs(n))).makespan
+        assert obj["schedules"][0]["makespan"] == want
+    code, _, err = run(capsys, "compare", "-p", "4", "-m", "8", "--costs", costs(5))
+    assert code == 2 and "'stages' has 5 entries" in err and len(err.strip().splitlines()) == 1
 
 
 def test_compare_text(capsys: pytest.CaptureFixture[str]) -> None:
