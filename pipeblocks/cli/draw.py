@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeblocks.cli.common import die, emit_json, finite_float, positive_int
+from pipeblocks.cli.common import die, emit_json, finite_float
 from pipeblocks.cli.simulate import add_costs_args, build_costs
+from pipeblocks.cli.source import add_source_args, schedule_from_args
 from pipeblocks.errors import SpecError
 from pipeblocks.generators import generate, get
 from pipeblocks.ir import Schedule, validate
@@ -44,22 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         epilog="examples: pipeblocks draw zb-v -p 4 -m 8 -o zb-v.png;  "
         "pipeblocks draw --compare 1f1b,zb-h1,zb-v -p 4 -m 8 -o compare.png",
     )
-    p.add_argument("name", metavar="NAME", nargs="?", default=None,
-                   help="generator name (see `pipeblocks list`)")
-    p.add_argument("--schedule", metavar="FILE", default=None,
-                   help="draw a schedule file (PyTorch CSV or pipeblocks JSON) instead of NAME")
+    add_source_args(p, verb="draw")
     p.add_argument("--compare", metavar="NAME1,NAME2,...", default=None,
-                   help="draw several generators stacked on one shared time axis")
-    p.add_argument("-p", "--ranks", dest="p", type=positive_int, default=None,
-                   help="number of pipeline ranks (with NAME or --compare)")
-    p.add_argument("-m", "--microbatches", dest="m", type=positive_int, default=None,
-                   help="number of microbatches per step (with NAME or --compare)")
-    p.add_argument("--stages-per-rank", dest="v", type=positive_int, default=None,
-                   help="model chunks per rank (default: what the generator needs; with "
-                   "--compare it applies to the generators that let v vary)")
-    p.add_argument("--placement", choices=("loop", "v"), default=None,
-                   help="with --schedule FILE.csv: the stage placement, which PyTorch CSVs do "
-                   "not store")
+                   help="draw several generators stacked on one shared time axis (with -p, -m; "
+                   "--stages-per-rank applies to the generators that let v vary)")
     add_costs_args(p)  # --cost, --costs FILE, --model, --machine, --memory-model
     p.add_argument("--memory", type=_fraction, default=None, metavar="FRACTION",
                    help="draw the memory budget line at FRACTION x 1F1B's peak")
@@ -79,38 +68,14 @@ def _schedules(args: argparse.Namespace) -> list[Schedule]:
         got = " and ".join(sources) if sources else "none"
         raise SpecError(f"draw needs exactly one of NAME, --schedule FILE or --compare A,B "
                         f"(got {got})")
-    if args.schedule:
-        try:
-            from pipeblocks.ir.formats import detect, load
-        except ImportError:
-            raise SpecError("--schedule needs pipeblocks.ir.formats, missing here; draw a "
-                            "generator by NAME instead") from None
-        options = {}
-        if detect(None, args.schedule) == "torch-csv":
-            # PyTorch's CSV stores neither the placement nor v (nor trailing microbatches).
-            given = (("placement", args.placement), ("stages_per_rank", args.v),
-                     ("num_microbatches", args.m))
-            options = {k: v for k, v in given if v is not None}
-        elif args.placement is not None:
-            raise SpecError(f"--placement only applies to PyTorch CSV files; {args.schedule} "
-                            f"sets its own")
-        schedule = load(Path(args.schedule), **options)  # a path, never text
-        spec = schedule.spec
-        for flag, given, actual in (("-p", args.p, spec.num_ranks),
-                                    ("-m", args.m, spec.num_microbatches),
-                                    ("--stages-per-rank", args.v, spec.stages_per_rank)):
-            if given is not None and given != actual:
-                raise SpecError(f"{flag} {given} disagrees with {args.schedule} ({flag} "
-                                f"{actual}); drop {flag}, the file sets it")
-        return [schedule]
+    if not args.compare:
+        return [schedule_from_args(args, "draw")]
     if args.placement is not None:
-        raise SpecError("--placement only applies to --schedule FILE.csv; a generator sets its own")
+        raise SpecError("--placement only applies to --schedule FILE.csv; a generator sets its "
+                        "own")
     if args.p is None or args.m is None:
         missing = " and ".join(f for f, v in (("-p", args.p), ("-m", args.m)) if v is None)
-        raise SpecError(f"draw {'--compare' if args.compare else 'NAME'} needs {missing}; "
-                        f"e.g. -p 4 -m 8")
-    if args.name:
-        return [generate(args.name, args.p, args.m, args.v)]
+        raise SpecError(f"draw --compare needs {missing}; e.g. -p 4 -m 8")
     names = [n.strip() for n in args.compare.split(",") if n.strip()]
     if not names:
         raise SpecError("--compare needs generator names separated by commas, e.g. 1f1b,zb-v")

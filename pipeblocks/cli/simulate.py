@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
 from typing import Any
 
-from pipeblocks.cli.common import add_cost_args, emit_json, finite_float, parse_cost, positive_int
+from pipeblocks.cli.common import add_cost_args, emit_json, finite_float, parse_cost
+from pipeblocks.cli.source import add_source_args, schedule_from_args
 from pipeblocks.errors import SpecError
-from pipeblocks.generators import generate
 from pipeblocks.ir import Schedule, validate
 from pipeblocks.sim import (
     CostModel,
@@ -128,16 +127,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Simulate a generated schedule (NAME -p P -m M) or a schedule file "
         "(--schedule FILE) under a cost model; print makespan, bubble rates, busy/idle time "
         "and peak memory per rank.")
-    p.add_argument("name", metavar="NAME", nargs="?", default=None,
-                   help="generator name (see `pipeblocks list`); omit with --schedule")
-    p.add_argument("-p", "--ranks", dest="p", type=positive_int, default=None,
-                   help="number of pipeline ranks (devices)")
-    p.add_argument("-m", "--microbatches", dest="m", type=positive_int, default=None,
-                   help="number of microbatches per step")
-    p.add_argument("--stages-per-rank", dest="v", type=positive_int, default=None,
-                   help="model chunks per rank (default: what the generator needs)")
-    p.add_argument("--schedule", metavar="FILE", default=None,
-                   help="read the schedule from a file (torch-csv or json) instead")
+    add_source_args(p, verb="simulate")
     add_costs_args(p)
     p.add_argument("--bubbles", action="store_true",
                    help="also list every idle interval per rank (the bubble map)")
@@ -148,17 +138,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _schedule(args: argparse.Namespace) -> Schedule:
-    if args.schedule:
-        if args.name or args.p or args.m or args.v:
-            raise SpecError("--schedule FILE takes the spec from the file; drop NAME, -p, -m "
-                            "and --stages-per-rank")
-        from pipeblocks.ir.formats import load  # lazily: only this path needs the readers
-
-        schedule = load(Path(args.schedule))  # a path, never the text itself
-    else:
-        if not args.name or args.p is None or args.m is None:
-            raise SpecError("simulate needs NAME -p P -m M, or --schedule FILE")
-        schedule = generate(args.name, args.p, args.m, args.v)
+    schedule = schedule_from_args(args, "simulate")
     validate(schedule)
     return schedule
 

@@ -110,6 +110,28 @@ def test_simulate_schedule_file(tmp_path: Path, capsys: pytest.CaptureFixture[st
         assert last_json(out)["placement"] == sched.spec.placement.value
 
 
+def test_simulate_schedule_file_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With --schedule FILE, -p/-m that agree with the file are accepted, ones that disagree
+    are refused naming both values, --placement is for CSVs only, NAME and FILE exclude."""
+    formats = pytest.importorskip("pipeblocks.ir.formats")
+    sched = generate("v-half", 4, 8)
+    csv, js = tmp_path / "s.csv", tmp_path / "s.json"
+    csv.write_text(formats.dumps(sched, "torch-csv"))
+    js.write_text(formats.dumps(sched, "json"))
+    code, out, _ = run(capsys, "simulate", "--schedule", str(csv), "-p", "4", "-m", "8",
+                       "--placement", "v", "--stages-per-rank", "2", "--json")
+    assert code == 0 and last_json(out)["makespan"] == simulate(sched).makespan
+    for argv, fragment in ((["--schedule", str(js), "-p", "3"], "-p 3 disagrees with"),
+                           (["--schedule", str(js), "--placement", "v"],
+                            "--placement only applies to PyTorch CSV"),
+                           (["1f1b", "--schedule", str(js)], "NAME or --schedule FILE, not both"),
+                           (["1f1b", "-p", "4"], "simulate NAME needs -m"),
+                           (["1f1b", "-p", "4", "-m", "8", "--placement", "v"],
+                            "--placement only applies to --schedule")):
+        code, out, err = run(capsys, "simulate", *argv)
+        assert code == 2 and fragment in err and not out, (argv, err)
+
+
 def test_compare_json(capsys: pytest.CaptureFixture[str]) -> None:
     """compare lists every applicable generator sorted by bubble, with formulas where known,
     and the others with the reason they do not apply."""
