@@ -36,7 +36,7 @@ from pipeblocks.models.split import ends_layout, split
 from pipeblocks.runtime import checkpoint
 from pipeblocks.runtime.emulate import EmulatedStage
 from pipeblocks.runtime.executor import Executor
-from pipeblocks.runtime.faults import Guard, RankFailure
+from pipeblocks.runtime.faults import Guard, RankFailure, write_error
 
 __all__ = ["main", "build_parser", "check_args", "load_schedule", "model_config", "layout_of"]
 
@@ -150,13 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _train(args)
     except SpecError as e:
-        print(f"pipeblocks: error: {e}", file=sys.stderr)
+        write_error(str(e))  # one write: the ranks share stderr (faults: "one line per rank")
         return 2
-    except RankFailure as e:
-        print(f"pipeblocks: error: {e}", file=sys.stderr)
-        return 1
-    except PipeblocksError as e:
-        print(f"pipeblocks: error: {e}", file=sys.stderr)
+    except (RankFailure, PipeblocksError) as e:
+        write_error(str(e))
         return 1
 
 
@@ -193,13 +190,15 @@ def _train(args: argparse.Namespace) -> int:
                 # means a peer died: as the executor does, report the root cause the
                 # launcher posts within 2 s rather than this rank's "connection reset".
                 cause = guard.posted(within=2.0) or guard.fail(message)
-                guard.stand_down()
                 if cause != message:
                     message = f"rank {rank} stops in {guard.where}: {cause}"
-        print(f"pipeblocks: error: {message}", file=sys.stderr, flush=True)
+        code = 2 if isinstance(e, SpecError) else 1
         if guard is not None:
-            time.sleep(5 * guard.poll)  # let the other guards read the fault first
-        os._exit(2 if isinstance(e, SpecError) else 1)  # the group may wait on a dead peer
+            # one line for this rank, then exit (the group may wait on a dead peer); the
+            # pause lets the other guards read a fault this rank just posted
+            guard.report(message, code, linger=5 * guard.poll)
+        write_error(message)
+        os._exit(code)
     if guard is not None:
         guard.stop()
     if dist.is_initialized():

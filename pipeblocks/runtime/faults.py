@@ -12,11 +12,24 @@ store (the launcher's, or torchrun's agent store):
 - A rank that waits longer than ``timeout`` seconds for one message posts a timeout fault. It
   follows the chain of waiting ranks (each guard publishes where its rank is) to the one that
   makes no progress: ``rank 1 is stuck in 1F2: rank 2 timed out after 60 s in 2F2 waiting for
-  act 1->2 #2 from rank 1``. So a rank that hangs, or dies without a word, stops the others. The launcher also posts ``rank r died (signal 9)`` when a process ends badly.
+  act 1->2 #2 from rank 1``. So a rank that hangs, or dies without a word, stops the others.
+  The launcher also posts ``rank 2 died (killed by signal 9 (SIGKILL))`` when a process ends
+  badly.
 - A lost store (the launcher is gone) stops the rank as well.
+
+Note "one line per rank": a rank that stops prints exactly one line, whichever of its main
+thread and its guard reports first (:meth:`Guard.report`; the other stays silent), in a single
+``write`` so that ranks sharing one stderr pipe never splice their lines (``print`` writes the
+text and the newline separately when stderr is unbuffered, e.g. under ``PYTHONUNBUFFERED``).
+Only the line of the rank the root cause names carries it in full (its detail and fix); every
+other rank says where it stopped and the cause's :func:`headline`, who failed where (``rank 0
+stops in 0F3 (waiting for act 2->3 #3 from rank 2): rank 2 failed in 2F3``). The launcher
+repeats the root cause in full as the run's last line.
 
     >>> describe_exit(-9), describe_exit(3)
     ('killed by signal 9 (SIGKILL)', 'exit code 3')
+    >>> headline("rank 1 failed in loading the checkpoint c/step-3: EOFError; it is damaged")
+    'rank 1 failed in loading the checkpoint c/step-3'
 """
 
 from __future__ import annotations
@@ -29,10 +42,12 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import NoReturn
 
 import torch.distributed as dist
 
-__all__ = ["Guard", "RankFailure", "FAULT_KEY", "describe_exit", "post_fault", "store_client"]
+__all__ = ["Guard", "RankFailure", "FAULT_KEY", "describe_exit", "headline", "post_fault",
+           "store_client", "write_error"]
 
 FAULT_KEY = "pipeblocks/fault"
 _STATE = "pipeblocks/state/"  # + rank: "<where>\t<rank waited on, or -1>"
@@ -51,6 +66,29 @@ def describe_exit(code: int) -> str:
             name = "?"
         return f"killed by signal {-code} ({name})"
     return f"exit code {code}"
+
+
+def headline(cause: str) -> str:
+    """Who failed and where: a fault message up to its first ``": "``.
+
+    Fault messages read ``<who> <where>: <detail>`` (``rank 2 failed in 2F3: RuntimeError:
+    boom``); one without a detail (``rank 2 died (killed by signal 9 (SIGKILL))``) is its own
+    headline.
+    """
+    return cause.split(": ", 1)[0]
+
+
+def write_error(message: str) -> None:
+    """``pipeblocks: error: <message>`` on stderr in one ``write`` (note "one line per rank")."""
+    sys.stderr.flush()
+    data = f"pipeblocks: error: {message}\n".encode(errors="replace")
+    # a pipe write of at most PIPE_BUF (4096) bytes is atomic: keep lines below that
+    if len(data) > 4000:
+        data = data[:3996] + b"...\n"
+    try:
+        os.write(2, data)
+    except OSError:  # no stderr left to tell: the exit code still says it
+        pass
 
 
 def store_client(timeout: float) -> dist.Store:
@@ -84,6 +122,7 @@ class Guard:
         self._wait: tuple[str, float, int] | None = None
         self._state = ""
         self._stop = threading.Event()
+        self._reported = threading.Lock()  # held by the one thread that reports and exits
         self._thread = threading.Thread(target=self._watch, name="pipeblocks-guard", daemon=True)
         self._thread.start()
 
@@ -122,6 +161,35 @@ class Guard:
                 return ""
             time.sleep(0.05)
 
+    def report(self, message: str, code: int = 1, linger: float = 0.0) -> NoReturn:
+        """Print this rank's one line about ``message`` and end the process with ``code``.
+
+        ``message`` is this rank's account of the fault (it ends with the root cause when that
+        was posted); the line follows note "one line per rank". ``linger`` seconds before the
+        exit let the other guards read a fault this rank just posted. If the other thread of
+        this process reports first, this call waits for that thread to end the process.
+        """
+        self.stand_down()
+        if not self._reported.acquire(blocking=False):
+            threading.Event().wait()  # the other thread is printing and calls os._exit
+        write_error(self._line(message, self.posted()))
+        sys.stdout.flush()
+        if linger > 0:
+            time.sleep(linger)
+        os._exit(code)
+
+    def _line(self, message: str, cause: str) -> str:
+        """This rank's line for ``message``, given the posted root ``cause`` (or "")."""
+        if not cause or cause.startswith(f"rank {self.rank} "):
+            return cause or message  # no posted cause, or this rank's own: say it in full
+        if message.endswith(cause) and len(message) > len(cause):
+            return message[: len(message) - len(cause)] + headline(cause)
+        return f"rank {self.rank} stops in {self._where_text()}: {headline(cause)}"
+
+    def _where_text(self) -> str:
+        wait = self._wait
+        return self.where + (f" (waiting for {wait[0]})" if wait else "")
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5 * self.poll + 1)
@@ -135,7 +203,10 @@ class Guard:
                     value = self.store.get(FAULT_KEY)
                     cause = value.decode() if isinstance(value, bytes) else str(value)
             except Exception as e:  # the store is gone: the launcher (or rank 0's host) died
-                cause = f"lost the rendezvous store ({type(e).__name__}: {e})"
+                lost = f"lost the rendezvous store ({type(e).__name__}: {e})"
+                if not self._stop.is_set():  # (a lost store is no posted cause: said in full)
+                    self._exit(f"rank {self.rank} stops in {self._where_text()}: {lost}", "")
+                return
             if not cause:
                 wait = self._wait
                 if wait is None or time.monotonic() - wait[1] <= self.timeout:
@@ -143,7 +214,8 @@ class Guard:
                 cause = post_fault(self.store, self._timeout_message(*wait))
             if self._stop.is_set():  # stopped, or the main thread failed and reports itself
                 return
-            self._exit(cause)
+            self._exit(f"rank {self.rank} stops in {self._where_text()}: {cause}", cause)
+            return
 
     def _publish(self) -> None:
         """Tell the other guards where this rank is (read when one of them times out)."""
@@ -175,11 +247,11 @@ class Guard:
             return waited
         return f"rank {stuck} is stuck in {where}: {waited}"
 
-    def _exit(self, cause: str) -> None:
-        where = self.where + (f" (waiting for {self._wait[0]})" if self._wait else "")
-        # print, not log: the process ends at once and the launcher shows stderr as is
-        line = cause if cause.startswith(f"rank {self.rank} ") else (
-            f"rank {self.rank} stops in {where}: {cause}")
-        print(f"pipeblocks: error: {line}", file=sys.stderr, flush=True)
+    def _exit(self, message: str, cause: str) -> None:
+        """Report from the watchdog thread (print, not log: the process ends at once and the
+        launcher shows stderr as is); see :meth:`report`."""
+        if not self._reported.acquire(blocking=False):
+            return  # the main thread reports and ends the process
+        write_error(self._line(message, cause))
         sys.stdout.flush()
         os._exit(1)

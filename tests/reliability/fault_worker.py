@@ -78,9 +78,7 @@ def main() -> int:
                             guard=guard)
         time.sleep(3600)  # not reached: the fault stops this rank; if not, the test fails
     except RankFailure as e:
-        print(f"pipeblocks: error: {e}", file=sys.stderr, flush=True)
-        time.sleep(0.5)
-        os._exit(1)
+        guard.report(str(e), linger=0.5)  # this rank's one line, then exit 1
     return 0
 
 

@@ -128,9 +128,7 @@ def main() -> int:
             ex.step(tokens, targets)
             time.sleep(3600)  # a rank that is not stopped by the fault hangs here: the test fails
     except RankFailure as e:
-        print(f"pipeblocks: error: {e}", file=sys.stderr, flush=True)
-        time.sleep(0.5)
-        os._exit(1)
+        guard.report(str(e), linger=0.5)  # this rank's one line, then exit 1
     guard.stop()
     dist.destroy_process_group()
     return 0

@@ -13,6 +13,7 @@ import torch
 from pipeblocks.cli.main import main as cli
 from pipeblocks.generators import generate, names
 from pipeblocks.models.gpt import GPTConfig, TinyGPT, lm_loss, synthetic_batch
+from pipeblocks.runtime.faults import headline
 from pipeblocks.runtime.launch import launch
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -84,7 +85,8 @@ def test_training_lowers_the_loss(schedules_run) -> None:
 
 @pytest.mark.parametrize("mode", ["raise", "kill"])
 def test_a_failing_rank_stops_every_other_rank(tmp_path, mode: str) -> None:
-    """Rank 2 raises in (or is killed at) 2F3: all ranks exit non-zero, naming rank 2, fast."""
+    """Rank 2 raises in (or is killed at) 2F3: all ranks exit non-zero, naming rank 2, fast;
+    the others say where they stopped and the cause's headline, rank 2 the cause in full."""
     start = time.monotonic()
     res = _run(mode, tmp_path / "x", "2", "2F3", timeout=60, deadline=120)
     took = time.monotonic() - start
@@ -94,9 +96,10 @@ def test_a_failing_rank_stops_every_other_rank(tmp_path, mode: str) -> None:
         else "rank 2 died (killed by signal 9"
     assert expect in res.fault
     for r in (0, 1, 3):
-        assert f"rank {r} stops in" in res.stderr[r] and expect in res.stderr[r], res.stderr[r]
+        assert res.stderr[r].startswith(f"pipeblocks: error: rank {r} stops in ")
+        assert res.stderr[r].endswith(f": {headline(res.fault)}\n"), res.stderr[r]
     if mode == "raise":
-        assert expect in res.stderr[2]
+        assert res.stderr[2] == f"pipeblocks: error: {expect}\n"
 
 
 def test_a_hanging_rank_times_out_everywhere(tmp_path) -> None:
