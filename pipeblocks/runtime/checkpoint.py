@@ -262,13 +262,13 @@ def find(path: str | os.PathLike[str]) -> CheckpointInfo:
     """The checkpoint at ``path``: a checkpoint folder itself, or a folder of them (then the
     one ``latest`` names, else the newest complete one). Reads files only (no communication)."""
     root = Path(path)
+    chosen: Path | None = None
     if (root / META).is_file():
         chosen = root
     else:
         if not root.is_dir():
             raise SpecError(f"--resume {root}: no such folder; give the --save folder of an "
                             f"earlier run")
-        chosen = None
         latest = root / _LATEST
         if latest.is_file():
             named = root / latest.read_text().strip()
@@ -354,9 +354,10 @@ class _SafeReader(FileSystemReader):
             raise pickle.UnpicklingError("checkpoint metadata is not DCP metadata")
         from torch.distributed.checkpoint.metadata import StorageMeta
 
-        if getattr(metadata, "storage_meta", None) is None:
-            metadata.storage_meta = StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
+        storage = getattr(metadata, "storage_meta", None)
+        if storage is None:
+            storage = metadata.storage_meta = StorageMeta()
+        storage.load_id = self.load_id
         return metadata
 
 
