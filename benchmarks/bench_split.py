@@ -8,8 +8,9 @@ The small GPT (8 blocks, 4 stages as ``pipeblocks train`` splits it) is profiled
 this thread, one torch thread, so other processes on the machine do not count): per stage the
 median F, B, W and fused BW over ``reps``, split and fused alternated. The target (issue 8) is
 (B + W) / BW <= 1.15 per stage. Then one middle stage's fused and split backward are taken
-apart (``where_time_goes``): time in autograd engine calls, in the frontier search, and the rest.
-Writes ``benchmarks/results/split.json``.
+apart (``where_time_goes``): time in autograd engine calls, in the frontier search, and the rest;
+and the engine calls alone are timed on one block (``engine_floor``): the least a split built
+on them can cost, whatever the Python around them. Writes ``benchmarks/results/split.json``.
 """
 
 from __future__ import annotations
@@ -61,11 +62,13 @@ def measure(dim: int, heads: int, seq: int, mbs: int, reps: int) -> dict[str, An
 def where_time_goes(dim: int, heads: int, seq: int, mbs: int, reps: int = 50) -> dict[str, Any]:
     """Stage 1's backward taken apart: engine calls, the frontier search, the rest (CPU ms).
 
-    The autograd engine calls (``frontier.engine_backward``) and the frontier search
-    (``frontier.plan``) are wrapped with ``time.thread_time`` counters while stage 1 runs
-    ``reps`` microbatches fused, then split, alternated; medians per microbatch. A profiler
-    would be simpler, but on passes of 1-3 ms its own overhead is as large as the difference
-    it should explain.
+    The autograd engine (``frontier._ENGINE``, through which every call of the stage goes)
+    and the frontier search (``Planner.plan``) are wrapped with ``time.thread_time`` counters
+    while stage 1 runs ``reps`` microbatches fused, then split, alternated; medians per
+    microbatch. The row "input path" is one engine call for the stage input's gradient alone
+    over the whole stage (no segments, no captures): the least B can cost, so BW minus it is
+    the least W can cost. A profiler would be simpler, but on passes of 1-3 ms its own
+    overhead is as large as the difference it should explain.
     """
     import statistics
     import time
@@ -83,44 +86,55 @@ def where_time_goes(dim: int, heads: int, seq: int, mbs: int, reps: int = 50) ->
         x = parts[0](tokens)
         grad = torch.full_like(parts[1](x), 1e-3)
     acc = {"engine_s": 0.0, "engine_calls": 0, "plan_s": 0.0}
-    real_engine, real_plan = fr.engine_backward, stage_mod.plan_frontier
+    real_engine, real_plan = fr._ENGINE, fr.Planner.plan
 
-    def engine(*a: Any, **k: Any) -> Any:
+    class Engine:
+        def run_backward(self, *args: Any) -> Any:
+            t0 = time.thread_time()
+            try:
+                return real_engine.run_backward(*args)
+            finally:
+                acc["engine_s"] += time.thread_time() - t0
+                acc["engine_calls"] += 1
+
+    def plan(self: Any, *a: Any, **k: Any) -> Any:
         t0 = time.thread_time()
         try:
-            return real_engine(*a, **k)
-        finally:
-            acc["engine_s"] += time.thread_time() - t0
-            acc["engine_calls"] += 1
-
-    def plan(*a: Any, **k: Any) -> Any:
-        t0 = time.thread_time()
-        try:
-            return real_plan(*a, **k)
+            return real_plan(self, *a, **k)
         finally:
             acc["plan_s"] += time.thread_time() - t0
 
-    samples: dict[str, list[dict[str, float]]] = {"BW": [], "B": [], "W": []}
+    def input_path(_: Any) -> None:
+        inp = x.detach().requires_grad_(True)
+        out = parts[1](inp)
+        Engine().run_backward((out,), (grad,), True, False, (inp,), True, False)
+
+    samples: dict[str, list[dict[str, float]]] = {"BW": [], "B": [], "W": [], "input path": []}
     fused = stage_mod.Stage(parts[1], 1, STAGES, lm_loss, split=False)
     split = stage_mod.Stage(parts[1], 1, STAGES, lm_loss, split=True)
-    stage_mod.engine_backward = fr.engine_backward = engine  # type: ignore[assignment]
-    stage_mod.plan_frontier = plan  # type: ignore[assignment]
+    fr._ENGINE = Engine()
+    fr.Planner.plan = plan  # type: ignore[method-assign]
     try:
         for rep in range(reps + 3):
             for label, st, call in (("BW", fused, lambda st: st.backward(0, grad)),
                                     ("B", split, lambda st: st.backward_input(0, grad)),
-                                    ("W", split, lambda st: st.backward_weight(0))):
-                if label != "W":
+                                    ("W", split, lambda st: st.backward_weight(0)),
+                                    ("input path", None, input_path)):
+                if st is not None and label != "W":
                     st.forward(0, x)
                 acc.update(engine_s=0.0, engine_calls=0, plan_s=0.0)
-                t0 = time.thread_time()
-                call(st)
-                total = time.thread_time() - t0
+                if label == "input path":  # only its engine call is timed
+                    call(st)
+                    total = acc["engine_s"]
+                else:
+                    t0 = time.thread_time()
+                    call(st)
+                    total = time.thread_time() - t0
                 if rep >= 3:
                     samples[label].append({"total": total, **acc})
     finally:
-        stage_mod.engine_backward = fr.engine_backward = real_engine  # type: ignore[assignment]
-        stage_mod.plan_frontier = real_plan  # type: ignore[assignment]
+        fr._ENGINE = real_engine
+        fr.Planner.plan = real_plan  # type: ignore[method-assign]
     parts[1].zero_grad(set_to_none=True)
     out = {}
     for label, rows in samples.items():
@@ -131,6 +145,66 @@ def where_time_goes(dim: int, heads: int, seq: int, mbs: int, reps: int = 50) ->
                       "other_ms": total - eng - pln,
                       "engine_calls": statistics.median(r["engine_calls"] for r in rows)}
     return out
+
+
+def engine_floor(dim: int, heads: int, seq: int, mbs: int, reps: int = 30) -> dict[str, float]:
+    """What the split costs in the autograd engine alone: one block of stage 1, its graph
+    built once and kept, each pass's engine calls repeated on it (warm caches, no Python
+    planning, no graph building or freeing; CPU us, median of ``reps`` rounds of 20).
+
+    ``bw``: the fused call; ``input_path``: the input gradient alone; ``b``: B's call (the
+    input gradient and the captures); ``w``: W's calls, one per frontier level. ``ratio`` is
+    (b + w) / bw: the least a split built on these engine calls can cost on this block.
+    """
+    import statistics
+    import time
+
+    import torch
+
+    import pipeblocks.runtime.frontier as fr
+    from pipeblocks.models.gpt import synthetic_batch
+
+    torch.set_num_threads(1)
+    cfg, parts = _parts(dim, heads, seq)
+    tokens, _ = synthetic_batch(cfg, mbs)
+    with torch.no_grad():
+        x = parts[0](tokens)
+    block = parts[1][0]
+    params = tuple(block.parameters())
+    inp = x.detach().requires_grad_(True)
+    out = block(inp)
+    grad = torch.full_like(out, 1e-3)
+    plan = fr.Planner({id(q) for q in params}).plan(out, inp)
+    run = fr._ENGINE.run_backward
+    caps = run((out,), (grad,), True, False, (inp, *plan.edges), True, False)[1:]
+    levels = [
+        (tuple(plan.edges[i] for i in idx if caps[i] is not None),
+         tuple(caps[i] for i in idx if caps[i] is not None), ps)
+        for _, idx, ps in plan.shape.levels
+    ]
+
+    def w() -> None:
+        for roots, grads, ps in levels:
+            run(roots, grads, True, False, ps, True, True)
+
+    calls = {
+        "bw": lambda: run((out,), (grad,), True, False, (*params, inp), True, True),
+        "input_path": lambda: run((out,), (grad,), True, False, (inp,), True, False),
+        "b": lambda: run((out,), (grad,), True, False, (inp, *plan.edges), True, False),
+        "w": w,
+    }
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(reps):
+        for key, call in calls.items():
+            t0 = time.thread_time()
+            for _ in range(20):
+                call()
+            times[key].append((time.thread_time() - t0) / 20 * 1e6)
+    block.zero_grad(set_to_none=True)
+    got = {k: statistics.median(v) for k, v in times.items()}
+    got["w_calls"] = float(len(levels))
+    got["ratio"] = (got["b"] + got["w"]) / got["bw"]
+    return got
 
 
 IDLE_MS = (0.0, 2.0, 5.0, 20.0)
@@ -171,10 +245,13 @@ def run(quick: bool = False) -> dict[str, Any]:
         results.append(measure(dim, heads, seq, mbs, reps))
     c.log("split: stage 1's backward taken apart (demo size)")
     profile = where_time_goes(*SIZES[0], reps=10 if quick else 50)
+    c.log("split: the engine calls alone, one block")
+    floor = [{"dim": d, "microbatch": b, **engine_floor(d, h, q, b, reps=5 if quick else 30)}
+             for d, h, q, b in sizes]
     c.log("split: passes after idling")
     idle = after_idle(*SIZES[0], reps=5 if quick else 15)
     result = {"target": TARGET, "reps": reps, "layers": 8, "stages": STAGES, "sizes": results,
-              "profile": profile, "after_idle": idle}
+              "profile": profile, "engine_floor": floor, "after_idle": idle}
     c.write_result(NAME, result, quick)
     return result
 
@@ -209,14 +286,38 @@ def markdown(result: dict[str, Any], md_dir: Path = c.ROOT / "docs") -> str:
                   v["other_ms"]] for k, v in prof.items()]),
         "",
         f"B + W costs {extra:.3f} ms more than BW: {extra_engine:.3f} ms more inside the engine "
-        f"({calls:.0f} more calls, so about {1e3 * extra_engine / max(calls, 1):.0f} µs each: a "
-        f"call's set-up and graph walk, and each frontier node evaluated once in B and again in "
-        f"W), {b['plan_ms'] + w['plan_ms']:.3f} ms in the frontier search, and "
-        f"{b['other_ms'] + w['other_ms'] - bw['other_ms']:.3f} ms of other Python in the stage. "
-        f"These are costs per block, not per FLOP, which is why the ratio falls as the blocks "
-        f"grow.",
+        f"({calls:.0f} more calls), {b['plan_ms'] + w['plan_ms']:.3f} ms in the frontier "
+        f"search, and {b['other_ms'] + w['other_ms'] - bw['other_ms']:.3f} ms of other Python "
+        f"in the stage.",
+    ]
+    inp = prof.get("input path")
+    if inp:
+        least_w = bw["engine_ms"] - inp["engine_ms"]
+        lines[-1] += (
+            f" Against the least each could cost, B's engine time is "
+            f"{b['engine_ms'] - inp['engine_ms']:.3f} ms over the input path alone (one more "
+            f"call per segment, the captures), and W's {w['engine_ms'] - least_w:.3f} ms over BW "
+            f"minus the input path ({w['engine_calls']:.0f} calls, one per frontier level, each "
+            f"with its own set-up and walk of the graph below its frontier nodes, and every "
+            f"frontier node run a second time).")
+    lines += [
+        "These are costs per block, not per FLOP, which is why the ratio falls as the blocks "
+        "grow.",
         "",
     ]
+    floor = result.get("engine_floor")
+    if floor:
+        lines += [
+            "The engine calls alone (`bench_split.engine_floor`: one block's graph built once, "
+            "each pass's engine calls repeated on it, so no Python planning and warm caches; "
+            "median CPU µs): the least a split built on these calls can cost.",
+            "",
+            c.table(["dim", "microbatch", "BW", "input path", "B", "W", "W calls",
+                     "(B + W) / BW"],
+                    [[f["dim"], f["microbatch"], f["bw"], f["input_path"], f["b"], f["w"],
+                      f["w_calls"], f["ratio"]] for f in floor]),
+            "",
+        ]
     idle = result.get("after_idle")
     if idle:
         base = {r["round"]: r for r in idle if r["idle_ms"] == 0}
@@ -249,6 +350,10 @@ def main(argv: list[str] | None = None) -> int:
                        for s in r["stages"]])
         print(f"all stages {r['total_ratio']:.3f} (target {TARGET}: "
               f"{'met' if r['met'] else 'MISSED'})")
+    print("\none block, the engine calls alone, CPU us:")
+    c.print_table(["dim", "microbatch", "BW", "input path", "B", "W", "W calls", "(B+W)/BW"],
+                  [[f["dim"], f["microbatch"], f["bw"], f["input_path"], f["b"], f["w"],
+                    f["w_calls"], f["ratio"]] for f in result["engine_floor"]])
     print("\nstage 1 of the demo size, CPU ms per microbatch:")
     c.print_table(["pass", "total", "engine calls", "engine", "frontier search", "rest"],
                   [[k, v["total_ms"], v["engine_calls"], v["engine_ms"], v["plan_ms"],

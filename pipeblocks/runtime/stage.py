@@ -4,8 +4,9 @@
   stage applies the loss and keeps ``loss * scale`` as the root of its backward.
 - **B** is the gradient w.r.t. the stage's input only: the autograd engine then skips every
   weight-gradient kernel (a linear layer computes ``grad_input``, not ``grad_weight``). On the
-  way it captures the gradient arriving at each *frontier* node (see
-  :mod:`pipeblocks.runtime.frontier`).
+  way it captures the gradient arriving at each *frontier* node, found by one
+  :class:`~pipeblocks.runtime.frontier.Planner` per segment (each graph shape is analysed
+  once: the note "plan cache" of :mod:`pipeblocks.runtime.frontier`).
 - **W** feeds the captured gradients back and runs only the parameter branches, accumulating
   into ``.grad``. Nothing on the input path runs twice.
 - **BW** is the ordinary fused backward.
@@ -15,6 +16,13 @@ detached output of the previous one, so every child has its own autograd graph a
 them. The engine walks the whole graph below a root on every call; without segments each of
 W's calls would walk every layer below its frontier node (quadratic in the depth of the
 stage), with them it walks only its own block.
+
+Note "cost": B + W takes more CPU than BW by about a fixed amount per block, not per FLOP, so
+the ratio falls as blocks grow (benchmarks/bench_split.py measures it). W makes one engine
+call per frontier level (six for a transformer block; the levels of all segments are merged),
+each with its own set-up and walk of the graph below its frontier nodes; every frontier node
+runs twice (its input side in B, its parameter side in W); and B walks each graph once in
+Python to find the frontier.
 
 The first stage has no input gradient: what B can do there (the gradient through the blocks
 above the embedding) it does, and W does the rest. A microbatch's activations are dropped as
@@ -51,8 +59,7 @@ import torch
 from torch import nn
 
 from pipeblocks.errors import PipeblocksError
-from pipeblocks.runtime.frontier import Plan, engine_backward, weight_grads
-from pipeblocks.runtime.frontier import plan as plan_frontier
+from pipeblocks.runtime.frontier import Plan, Planner, WeightPass, engine_backward
 
 __all__ = ["Stage", "LossFn", "shared_parameters"]
 
@@ -104,7 +111,9 @@ class Stage:
         self._parts: list[nn.Module] = _segments(module)
         # every segment looks for all of the stage's parameters: a child may use another's
         self._params = [p for p in module.parameters() if p.requires_grad]
-        self._param_ids = {id(p) for p in self._params}
+        param_ids = {id(p) for p in self._params}
+        self._planners = [Planner(param_ids) for _ in self._parts]  # one per segment
+        self._weight_pass = WeightPass()
         self._pending: dict[int, _Pending] = {}
 
     @property
@@ -162,22 +171,24 @@ class Stage:
         st = self._get(mb, "B")
         if not self.split:
             return self._fused(mb, st, grad_out)
-        plans: list[tuple[Plan, bool] | None] = []
-        for seg in st.segments:
+        plans: list[Plan | None] = []
+        for seg, planner in zip(st.segments, self._planners, strict=True):
             if seg.inp is None:
                 plans.append(None)
                 continue
             assert seg.root is not None
-            plan, custom, linked = plan_frontier(seg.root, seg.inp, self._param_ids)
-            if custom:
+            found = planner.plan(seg.root, seg.inp)
+            if found.shape.custom:
                 self.split = False
-                self.unsplit_reason = f"the graph holds a custom autograd Function ({custom})"
+                self.unsplit_reason = (
+                    f"the graph holds a custom autograd Function ({found.shape.custom})"
+                )
                 self._warn(self.unsplit_reason)
                 return self._fused(mb, st, grad_out)
-            plans.append((plan, linked))
+            plans.append(found)
         g = grad_out
-        for seg, entry in zip(reversed(st.segments), reversed(plans), strict=True):
-            if entry is None or not entry[1]:
+        for seg, plan in zip(reversed(st.segments), reversed(plans), strict=True):
+            if plan is None or not plan.shape.linked:
                 # nothing flows to this segment's input: W runs its whole backward
                 seg.grad_out = g
                 if seg.inp is None:
@@ -187,9 +198,7 @@ class Stage:
                 seg.inp = None
                 continue
             assert seg.root is not None and seg.inp is not None
-            plan = entry[0]
-            out = engine_backward([seg.root], [g], [seg.inp, *plan.edges],  # type: ignore[list-item]
-                                   accumulate=False)
+            out = engine_backward([seg.root], [g], [seg.inp, *plan.edges], accumulate=False)
             g = out[0] if out[0] is not None else torch.zeros_like(seg.inp)
             # the output side above the frontier is no longer needed
             seg.plan, seg.captured, seg.root, seg.inp = plan, out[1:], None, None
@@ -208,7 +217,8 @@ class Stage:
         for seg in st.segments:
             if seg.root is not None and _can_backward(seg.root, seg.grad_out) and self._params:
                 engine_backward([seg.root], [seg.grad_out], self._params, accumulate=True)
-        weight_grads([(seg.plan, seg.captured) for seg in st.segments if seg.plan is not None])
+        planned = [seg for seg in st.segments if seg.plan is not None]
+        self._weight_pass([seg.plan for seg in planned], [seg.captured for seg in planned])  # type: ignore[misc]
 
     def backward(self, mb: int, grad_out: torch.Tensor | None) -> torch.Tensor | None:
         """BW: the fused backward; returns the input gradient, accumulates weights."""
