@@ -421,8 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="p = 4, 3 generators, 2 rounds")
     ap.add_argument("--rounds", type=int, default=None, help="timed steps per run (default 4)")
     ap.add_argument("--plain-sleep", action="store_true",
-                    help="an experiment: emulated passes only sleep (no spin over the last "
-                    "0.2 ms), to see what the spinning costs when ranks outnumber cores")
+                    help="an experiment: emulated passes only sleep (no spin at the end, "
+                    "about 50 us), to see what the spinning costs when ranks outnumber cores")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker is not None:

@@ -23,7 +23,7 @@ Cases:
   PyTorch's own B/W split (``stage_backward_input`` / ``stage_backward_weight``) runs each
   half once. PyTorch's first stage runs no B and does the whole backward in W (its
   ``backward_weight_one_chunk``), so there it is B = 0, W = 2X; the simulated ideal of each side
-  uses its own pass times. Same sleep routine in both (sleep to 0.2 ms before, then spin).
+  uses its own pass times. Same sleep routine in both (:func:`pipeblocks.runtime.emulate.emulated_sleep`).
 - **real**: the small GPT (8 blocks, dim 64, 4 sequences of 32 tokens per microbatch), Adam,
   one torch thread per rank; both copies start from the same weights, and the losses of both
   are compared step by step (they must agree: same math, different order).
@@ -66,13 +66,10 @@ MICROBATCH = 4
 
 
 def _sleep(seconds: float) -> None:
-    """The emulated pass of both sides (as EmulatedStage: sleep, then spin the last 0.2 ms)."""
-    deadline = time.perf_counter() + seconds
-    rest = deadline - time.perf_counter() - 2e-4
-    if rest > 0:
-        time.sleep(rest)
-    while time.perf_counter() < deadline:
-        pass
+    """The emulated pass of both sides: the one EmulatedStage uses (sleep, then a short spin)."""
+    from pipeblocks.runtime.emulate import emulated_sleep
+
+    emulated_sleep(seconds)
 
 
 def _torch_emulated(ms: float, first: bool) -> Any:
