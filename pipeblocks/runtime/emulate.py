@@ -39,6 +39,11 @@ def _tight_timer_slack() -> bool:
     """
     if not sys.platform.startswith("linux"):
         return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(29, 1, 0, 0, 0)) == 0  # PR_SET_TIMERSLACK, 1 ns
+    except (OSError, AttributeError):
+        return False
 
 
 _thread = threading.local()
@@ -61,11 +66,6 @@ def emulated_sleep(seconds: float) -> None:
         time.sleep(rest)
     while time.perf_counter() < deadline:
         pass
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(29, 1, 0, 0, 0)) == 0  # PR_SET_TIMERSLACK, 1 ns
-    except (OSError, AttributeError):
-        return False
 
 
 class EmulatedStage:
