@@ -40,3 +40,8 @@ def test_timer_set_up_once_per_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     for th in threads:
         th.join()
     assert sorted(calls) == ["t0", "t1"]
+
+
+def test_timer_slack_answers_a_bool() -> None:
+    """The set-up says whether the tight slack took (a bool), so the spin length is chosen."""
+    assert isinstance(emulate._tight_timer_slack(), bool)
