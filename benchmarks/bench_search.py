@@ -3,12 +3,19 @@
     $ .venv/bin/python benchmarks/bench_search.py                 # headline, unit costs
     $ .venv/bin/python benchmarks/bench_search.py --quick         # p = 8, m = 32 (a smoke run)
     $ .venv/bin/python benchmarks/bench_search.py --budget 0.75 --cost f=3,b=4,w=2,comm=0.5
+    $ .venv/bin/python benchmarks/bench_search.py --bound 8      # the paper's bound, p = 8
 
 Prints a table and writes benchmarks/results/search.json. The target (issue 5) is one search
 (family ``all``: the V building-block search, the ZB heuristic and every named generator) at
 p = 32, m = 256 (49,152 passes per V schedule) in under 10 s. Each row is one full search from
 scratch; the table also gives where the time went (from the search's progress reports), what
 was found and how it compares with the named generators that fit the same budget.
+
+``--bound P`` prints instead, for unit costs, V placement and m = 4P, every budget of k
+chunk-activations from the smallest feasible to 2P: the idle slots per rank (the papers'
+metric) of the search's result under each objective, the paper's bound max(0, 6P - 1 - 3k),
+the makespans and the recipes (docs/search.md, "Against the paper's lower bound"); with
+``-o`` it also writes them as JSON.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from typing import Any
 from pipeblocks.cli.common import parse_cost
 from pipeblocks.generators import generators
 from pipeblocks.search import Searcher
-from pipeblocks.sim import simulate
+from pipeblocks.sim import UNIT, simulate
 
 TARGET_S = 10.0
 
@@ -73,15 +80,55 @@ def named_within(p: int, m: int, budget: float, cost: str) -> list[dict[str, Any
     return sorted(rows, key=lambda r: r["makespan"])
 
 
+def bound_table(p: int) -> list[dict[str, Any]]:
+    """Per budget k (chunk-activations, unit costs, m = 4p): the search's idle slots per rank
+    (2 x (longest span - busy)) under each objective, against the paper's bound."""
+    searchers = {obj: Searcher(p, 4 * p, UNIT, "v", named=False, objective=obj)
+                 for obj in ("bubble", "makespan")}
+    smallest = round(searchers["bubble"].smallest() * 2 * p)
+    rows = []
+    for k in range(smallest, 2 * p + 1):
+        row: dict[str, Any] = {"k": k, "bound": max(0, 6 * p - 1 - 3 * k)}
+        for obj, searcher in searchers.items():
+            r = searcher.best(k / (2 * p))
+            sim = r.simulation
+            row[obj] = {"idle": 2 * (max(sim.span) - min(sim.busy)), "makespan": r.makespan,
+                        "peak": max(r.peak_memory), "how": r.how}
+        rows.append(row)
+    return rows
+
+
+def print_bound(p: int, rows: list[dict[str, Any]]) -> None:
+    print(f"# paper's bound, p={p} m={4 * p}, unit costs: idle slots per rank (papers' metric) "
+          f"of the search's result by objective")
+    print(f"{'k':>3} {'bound':>5} {'bubble':>6} {'makespan':>8}   {'T bubble':>8} "
+          f"{'T makespan':>10}  recipe (objective bubble)")
+    for row in rows:
+        b, f = row["bubble"], row["makespan"]
+        print(f"{row['k']:>3} {row['bound']:>5} {b['idle']:>6g} {f['idle']:>8g}   "
+              f"{b['makespan']:>8g} {f['makespan']:>10g}  {b['how']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="p = 8, m = 32 instead of 32, 256")
     ap.add_argument("--budget", type=float, default=0.5, help="fraction of 1F1B's peak")
     ap.add_argument("--cost", default="", help="uniform costs f=..,b=..,w=..,comm=..")
     ap.add_argument("--repeat", type=int, default=1, help="searches to time (best is kept)")
-    ap.add_argument("-o", "--output", default=str(Path(__file__).parent / "results" /
-                                                  "search.json"))
+    ap.add_argument("--bound", type=int, metavar="P",
+                    help="print the per-budget idle against the paper's bound for p = P")
+    ap.add_argument("-o", "--output", default=None,
+                    help="JSON file (default: results/search.json; with --bound: none)")
     args = ap.parse_args(argv)
+    if args.bound:
+        rows = bound_table(args.bound)
+        print_bound(args.bound, rows)
+        if args.output:
+            Path(args.output).write_text(json.dumps({"p": args.bound, "rows": rows}, indent=2)
+                                         + "\n")
+        return 0
+    if args.output is None:
+        args.output = str(Path(__file__).parent / "results" / "search.json")
     p, m = (8, 32) if args.quick else (32, 256)
     runs = [timed_search(p, m, args.budget, args.cost) for _ in range(max(1, args.repeat))]
     best = min(runs, key=lambda r: r["total_s"])

@@ -91,6 +91,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--memory-bytes", metavar="N", type=float, default=None,
                    help="budget: at most N bytes per rank (needs a cost model in bytes: "
                    "--model with --machine or --memory-model transformer, or a costs file)")
+    p.add_argument("--objective", choices=("makespan", "bubble"), default="makespan",
+                   help="what best means: the shortest simulated step (makespan, default) or "
+                   "the papers' bubble rate, each rank's own span (bubble; the metric of the "
+                   "CM paper's lower bound)")
     p.add_argument("--format", choices=("torch-csv", "json"), default=None,
                    help="format of -o FILE (default: from its extension, else torch-csv)")
     p.add_argument("-o", "--output", metavar="FILE", default=None,
@@ -120,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         result = search((args.p, args.m), costs, budget, args.family, named=args.named,
-                        progress=bar)
+                        progress=bar, objective=args.objective)
     finally:
         bar.close()
     seconds = time.perf_counter() - t0

@@ -2,8 +2,9 @@
 
 Modules: :mod:`~pipeblocks.search.engine` (:func:`search`, :class:`Searcher`),
 :mod:`~.candidates` (where candidates come from, how they are ranked), :mod:`~.vshape` (the V
-building blocks), :mod:`~.zb` (the ZB heuristic), :mod:`~.tail` (critical-path cool-down),
-:mod:`~.refill` (cost-aware W placement), :mod:`~.budget`, :mod:`~.pareto`, :mod:`~.tables`.
+building blocks), :mod:`~.zb` (the ZB heuristic), :mod:`~.cooldown` (the paper's tight
+cool-down), :mod:`~.tail` (critical-path cool-down), :mod:`~.refill` (cost-aware W placement),
+:mod:`~.budget`, :mod:`~.pareto`, :mod:`~.tables`.
 See docs/search.md.
 
     >>> from pipeblocks.search import search
@@ -13,6 +14,8 @@ See docs/search.md.
 """
 
 from pipeblocks.search.budget import Budget, BudgetKind
+from pipeblocks.search.candidates import Objective
+from pipeblocks.search.cooldown import tight_cooldown
 from pipeblocks.search.engine import Progress, Searcher, SearchResult, search
 from pipeblocks.search.pareto import Pareto, pareto
 from pipeblocks.search.refill import refill_w
@@ -23,6 +26,7 @@ from pipeblocks.search.zb import zb_memory_limited
 __all__ = [
     "Budget",
     "BudgetKind",
+    "Objective",
     "Progress",
     "Searcher",
     "SearchResult",
@@ -31,6 +35,7 @@ __all__ = [
     "pareto",
     "refill_w",
     "replan_tail",
+    "tight_cooldown",
     "VParams",
     "v_params",
     "v_block_of",

@@ -4,15 +4,17 @@ Three sources feed the search (:mod:`pipeblocks.search.engine`), each for one sp
 
 - :class:`VFamily`: the CM building-block search on the V placement
   (:mod:`pipeblocks.search.vshape`): every block that fits the memory limit is a candidate;
-  the most promising are built and simulated, with their cool-down re-planned by the critical
-  path (:func:`~pipeblocks.search.tail.replan_tail`) and their W's re-placed for the real
-  costs (:func:`~pipeblocks.search.refill.refill_w`).
+  the most promising are built and simulated, with their cool-down re-planned two ways (the
+  paper's tight pattern, :func:`~pipeblocks.search.cooldown.tight_cooldown`, and by the
+  critical path, :func:`~pipeblocks.search.tail.replan_tail`) and their W's re-placed for the
+  real costs (:func:`~pipeblocks.search.refill.refill_w`).
 - :func:`zb_candidates`: the ZB heuristic (:mod:`pipeblocks.search.zb`) under a few rules.
 - :class:`NamedPool`: the registered generators, each simulated once.
 
-A :class:`Candidate` carries its simulation; :func:`rank_key` orders candidates: the shortest
-makespan first, then the shortest longest span (the papers' bubble), the lowest peak, and, on a
-tie, a named schedule before a search-made one and a plain block before a re-placed one (then
+A :class:`Candidate` carries its simulation; :func:`rank_key` orders candidates by the
+:class:`Objective`: by default the shortest makespan first, then the shortest longest span (the
+papers' bubble); with ``Objective.BUBBLE`` the other way round. Then the lowest peak, and, on a
+tie, a named schedule before a search-made one and a plain block before a re-planned one (then
 by name: deterministic).
 
     >>> from pipeblocks.ir import PipelineSpec
@@ -25,14 +27,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from enum import Enum
 from functools import partial
 
-from pipeblocks.blocks import build
-from pipeblocks.errors import SpecError
+from pipeblocks.blocks import reorder, repeat, squeeze
+from pipeblocks.blocks.layout import Layout
+from pipeblocks.errors import DeadlockError, SpecError
 from pipeblocks.generators import generators
+from pipeblocks.ir.bulk import no_gc
 from pipeblocks.ir.schedule import Schedule
 from pipeblocks.ir.spec import PipelineSpec, Placement
 from pipeblocks.search.budget import EPS
+from pipeblocks.search.cooldown import tight_cooldown
 from pipeblocks.search.refill import program_peaks, refill_w
 from pipeblocks.search.tables import Tables, tables
 from pipeblocks.search.tail import replan_tail
@@ -41,9 +47,34 @@ from pipeblocks.search.zb import zb_memory_limited
 from pipeblocks.sim.costs import CostModel
 from pipeblocks.sim.engine import Simulation, simulate
 
-__all__ = ["Candidate", "rank_key", "VFamily", "zb_candidates", "NamedPool", "FAMILIES"]
+__all__ = ["Candidate", "Objective", "rank_key", "VFamily", "zb_candidates", "NamedPool",
+           "FAMILIES"]
 
 FAMILIES = ("v", "zb", "all")
+
+
+class Objective(Enum):
+    """What "best" means. ``MAKESPAN``: the shortest simulated step (first pass on any rank to
+    the last on any rank), then the shortest longest span. ``BUBBLE``: the papers' metric
+    first, the longest span of any rank (each rank from its own first pass to its own last;
+    shared/DESIGN.md section 4), then the makespan. The papers' bounds are stated in the second;
+    the two can disagree by a slot or two (docs/search.md, "Against the paper's lower bound")."""
+
+    MAKESPAN = "makespan"
+    BUBBLE = "bubble"
+
+    @classmethod
+    def parse(cls, value: Objective | str) -> Objective:
+        """An :class:`Objective` from itself or its name; a SpecError names the choices."""
+        if isinstance(value, Objective):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            raise SpecError(f"unknown search objective {value!r}; use one of: "
+                            f"{', '.join(o.value for o in cls)}") from None
+
+
 _FAMILY_ORDER = {"named": 0, "v": 1, "zb": 2}
 
 Tick = Callable[[str], None]
@@ -69,10 +100,17 @@ def _q(x: float) -> float:
     return float(f"{x:.12g}")
 
 
-def rank_key(c: Candidate) -> tuple[float, float, float, int, int, str]:
-    """Sort key: makespan, longest span, peak, named first, no re-placing pass first, name."""
-    sim = c.simulation
-    return (_q(sim.makespan), _q(max(sim.span)), _q(c.peak), _FAMILY_ORDER[c.family],
+def score(sim: Simulation, objective: Objective = Objective.MAKESPAN) -> tuple[float, float]:
+    """(makespan, longest span) or (longest span, makespan), by ``objective``."""
+    pair = (_q(sim.makespan), _q(max(sim.span)))
+    return pair if objective is Objective.MAKESPAN else (pair[1], pair[0])
+
+
+def rank_key(c: Candidate, objective: Objective = Objective.MAKESPAN
+             ) -> tuple[float, float, float, int, int, str]:
+    """Sort key: the objective's two times (:func:`score`), peak, named first, no re-planning
+    pass first, name."""
+    return (*score(c.simulation, objective), _q(c.peak), _FAMILY_ORDER[c.family],
             c.how.count("+"), c.how)
 
 
@@ -92,8 +130,8 @@ class _VBlock:
     def order(self) -> tuple[float, int, VParams]:
         """Most promising first: the most memory in use over all ranks, then the longest
         chunk-0 lifespan on rank 0 (more of rank 0's microbatches in flight leave its
-        warm-up and cool-down fewer gaps). Measured on unit costs at p = 16, the best block
-        for every budget is among the first two of this order."""
+        warm-up and cool-down fewer gaps). Measured on unit costs at p = 8 and 16, the block
+        chosen for every budget is among the first 8 of this order (the default screen)."""
         t = self.times
         return (-_q(sum(self.peaks)), -(t.w0[0] + 1 - t.f0[0]), self.params)
 
@@ -102,19 +140,22 @@ class VFamily:
     """The V building-block search for one spec (V placement) and cost model.
 
     ``screen`` blocks (most promising first) are built and simulated at ``min(m, screen_m)``
-    microbatches (default 2p), as they are and with the cool-down re-planned; the best
-    ``final`` of those are built with every microbatch (both ways), and the best ``refill`` of
-    those also get their W's re-placed for the real costs. Everything built is kept.
+    microbatches (default 2p), as they are and with the cool-down re-planned both ways; the
+    best ``final`` of those are built with every microbatch (all three ways), and the best
+    ``refill`` of those also get their W's re-placed for the real costs. Everything built is
+    kept.
     """
 
     def __init__(self, tab: Tables, costs: CostModel, *, screen: int = 8, final: int = 2,
-                 refill: int = 1, screen_m: int | None = None) -> None:
+                 refill: int = 1, screen_m: int | None = None,
+                 objective: Objective = Objective.MAKESPAN) -> None:
         spec = tab.spec
         if spec.placement is not Placement.V:
             raise SpecError(f"the V search needs placement 'v' (got {spec.describe()})")
         self.tab, self.costs = tab, costs
         self.p, self.m = spec.num_ranks, spec.num_microbatches
         self.screen, self.final, self.refill = screen, final, refill
+        self.objective = objective
         self.screen_m = min(self.m, screen_m if screen_m is not None else max(2 * self.p, 8))
         blocks = []
         for v in v_params(self.p):
@@ -125,7 +166,8 @@ class VFamily:
         self.blocks = blocks
         self._screened: dict[tuple[VParams, float], tuple[float, float]] = {}
         self._built: dict[VParams, Candidate] = {}
-        self._refilled: dict[tuple[VParams, float, float], Candidate] = {}
+        self._layouts: dict[VParams, Layout] = {}
+        self._refilled: dict[tuple[VParams, float, float], Candidate | None] = {}
 
     def smallest_peak(self) -> float:
         """The least peak any block of the family holds (its stable phase)."""
@@ -137,15 +179,17 @@ class VFamily:
         tol = EPS * max(1.0, abs(limit))
         return [b for b in self.blocks if max(b.peaks) <= limit + tol]
 
-    def _schedule(self, b: _VBlock, m: int) -> Schedule:
-        block = v_block_of(self.p, b.params, b.times)
-        return build(block, m, costs=self.costs, name=f"search:{b.params.label()}")
+    def _layout(self, b: _VBlock, m: int) -> Layout:
+        """The block repeated m times, warm-up and cool-down gaps closed (blocks.build's
+        steps before the squeeze, kept: the tight cool-down works on its slots)."""
+        with no_gc():
+            return reorder(repeat(v_block_of(self.p, b.params, b.times), m), costs=self.costs)
 
     def steps(self, limit: float) -> int:
         """How many builds :meth:`best` may still do for ``limit`` (for a progress bar)."""
         shortlist = self.feasible(limit)[: self.screen]
         todo = sum(1 for b in shortlist if (b.params, _q(limit)) not in self._screened)
-        return todo + 2 * self.final + 2 * self.refill
+        return todo + 3 * self.final + 2 * self.refill
 
     def best(self, limit: float, tick: Tick | None = None) -> list[Candidate]:
         """The finalists for ``limit``, built with every microbatch (empty if none fits)."""
@@ -154,46 +198,88 @@ class VFamily:
         for b in shortlist:
             key = (b.params, _q(limit))
             if key not in self._screened:
-                # a block is as good as the better of its plain schedule and its re-planned
-                # cool-down (which may use the whole limit)
+                # a block is as good as the best of its plain schedule and its two re-planned
+                # cool-downs (which may use the whole limit)
                 if self.screen_m == self.m:
-                    plain = self._full(b)
-                    sims = [plain.simulation]
-                    replanned = self._replan(b, plain, limit)
-                    if replanned is not None:
-                        sims.append(replanned.simulation)
+                    sims = [c.simulation for c in self._variants(b, limit)]
                 else:
-                    schedule = self._schedule(b, self.screen_m)
-                    sims = [simulate(schedule, self.costs)]
-                    try:
-                        replanned_s = replan_tail(schedule, self.costs, limit=limit,
-                                                  simulation=sims[0])
-                    except SpecError:
-                        pass
-                    else:
-                        sims.append(simulate(replanned_s, self.costs))
-                self._screened[key] = min((_q(x.makespan), _q(max(x.span))) for x in sims)
+                    sims = self._screen(b, limit)
+                self._screened[key] = min(score(x, self.objective) for x in sims)
                 if tick:
                     tick("v: screening blocks")
             scores.append((self._screened[key], b.order, b))
         scores.sort(key=lambda x: (x[0], x[1]))
         out = []
         for rank, (_, _, b) in enumerate(scores[: self.final]):
-            cand = self._full(b)
+            plain = self._full(b)
+            out.append(plain)
             if tick:
                 tick("v: building finalists")
-            out.append(cand)
-            replanned = self._replan(b, cand, limit)
-            if replanned is not None:
-                out.append(replanned)
-            if tick:
-                tick("v: re-planning the cool-down")
+            for make, what in ((self._tight, "v: tight cool-down"),
+                               (self._replan, "v: re-planning the cool-down")):
+                c = make(b, plain, limit)
+                if c is not None:
+                    out.append(c)
+                if tick:
+                    tick(what)
             if rank < self.refill:
                 for slack in (1.0, 0.0):
-                    out.append(self._refill(b, cand, limit, slack))
+                    out.append(self._refill(b, plain, limit, slack))
                     if tick:
                         tick("v: placing W's for the real costs")
         return out
+
+    def _screen(self, b: _VBlock, limit: float) -> list[Simulation]:
+        """Simulations of the block's three ways with ``screen_m`` microbatches."""
+        layout = self._layout(b, self.screen_m)
+        schedule = squeeze(layout)
+        sims = [simulate(schedule, self.costs)]
+        tight = self._tight_schedule(b, layout, limit)
+        if tight is not None:
+            sims.append(tight[1])
+        try:
+            replanned = replan_tail(schedule, self.costs, limit=limit, simulation=sims[0])
+        except SpecError:
+            pass
+        else:
+            sims.append(simulate(replanned, self.costs))
+        return sims
+
+    def _variants(self, b: _VBlock, limit: float) -> list[Candidate]:
+        """The block with every microbatch: plain, tight cool-down, re-planned cool-down (the
+        ones that exist within ``limit``); the plain one first."""
+        out = [self._full(b)]
+        for make in (self._tight, self._replan):
+            c = make(b, out[0], limit)
+            if c is not None:
+                out.append(c)
+        return out
+
+    def _tight_schedule(self, b: _VBlock, layout: Layout, limit: float,
+                        name: str = "") -> tuple[Schedule, Simulation] | None:
+        """:func:`tight_cooldown` of ``layout`` holding as many activations as the block
+        does, simulated; None if the pattern does not fit, deadlocks or exceeds ``limit``."""
+        one = (1.0,) * len(self.tab.mem_f)
+        held = round(max(stable_peaks(self.p, b.times, one, one)))
+        s = tight_cooldown(layout, held, name)
+        if s is None:
+            return None
+        # memory per stage does not depend on m, so the tables of the full spec serve
+        if max(program_peaks(s, self.tab)) > limit + EPS * max(1.0, abs(limit)):
+            return None
+        try:
+            return s, simulate(s, self.costs)
+        except DeadlockError:  # the pattern broke a dependency: not a candidate
+            return None
+
+    def _tight(self, b: _VBlock, base: Candidate, limit: float) -> Candidate | None:
+        # ``base`` is unused: the pattern works on the layout, not on the plain schedule
+        key = (b.params, _q(limit), -2.0)
+        if key not in self._refilled:
+            how = f"{b.params.label()}+cool"
+            made = self._tight_schedule(b, self._layout_full(b), limit, f"search:{how}")
+            self._refilled[key] = None if made is None else Candidate("v", how, *made)
+        return self._refilled[key]
 
     def _replan(self, b: _VBlock, base: Candidate, limit: float) -> Candidate | None:
         key = (b.params, _q(limit), -1.0)
@@ -202,15 +288,21 @@ class VFamily:
                 s = replan_tail(base.schedule, self.costs, limit=limit,
                                 simulation=base.simulation)
             except SpecError:  # the greedy order ran out of memory: not a candidate
-                return None
-            how = f"{b.params.label()}+tail(limit={limit:.6g})"
-            self._refilled[key] = _candidate("v", how, s, self.costs)
+                self._refilled[key] = None
+            else:
+                how = f"{b.params.label()}+tail(limit={limit:.6g})"
+                self._refilled[key] = _candidate("v", how, s, self.costs)
         return self._refilled[key]
+
+    def _layout_full(self, b: _VBlock) -> Layout:
+        if b.params not in self._layouts:
+            self._layouts[b.params] = self._layout(b, self.m)
+        return self._layouts[b.params]
 
     def _full(self, b: _VBlock) -> Candidate:
         if b.params not in self._built:
-            self._built[b.params] = _candidate("v", b.params.label(), self._schedule(b, self.m),
-                                               self.costs)
+            schedule = squeeze(self._layout_full(b), f"search:{b.params.label()}")
+            self._built[b.params] = _candidate("v", b.params.label(), schedule, self.costs)
         return self._built[b.params]
 
     def _refill(self, b: _VBlock, base: Candidate, limit: float, slack: float) -> Candidate:
@@ -219,7 +311,9 @@ class VFamily:
             s = refill_w(base.schedule, self.costs, limit=limit, slack=slack)
             how = f"{b.params.label()}+w(limit={limit:.6g},slack={slack:g})"
             self._refilled[key] = _candidate("v", how, s, self.costs)
-        return self._refilled[key]
+        made = self._refilled[key]
+        assert made is not None  # refill_w always gives a schedule
+        return made
 
 
 ZB_RULES = (("depth", 1.0), ("depth", 0.0), ("tight", 1.0), ("fill", 0.0))

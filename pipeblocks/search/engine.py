@@ -38,8 +38,10 @@ from pipeblocks.search.candidates import (
     ZB_RULES,
     Candidate,
     NamedPool,
+    Objective,
     VFamily,
     rank_key,
+    score,
     zb_candidates,
 )
 from pipeblocks.search.tables import Tables, fits, tables
@@ -61,7 +63,8 @@ class SearchResult:
 
     ``family`` is "v", "zb" or "named"; ``how`` the recipe (e.g.
     ``v(f1=1,b1=2,b0=3,k0=3,k1=1,K=2)``); ``limit`` the budget in the cost model's memory unit
-    for the schedule's spec; ``evaluated`` how many candidates were simulated in all.
+    for the schedule's spec; ``evaluated`` how many candidates were simulated in all;
+    ``objective`` what "best" meant (:class:`~pipeblocks.search.candidates.Objective`).
     """
 
     schedule: Schedule
@@ -71,6 +74,7 @@ class SearchResult:
     budget: Budget
     limit: float
     evaluated: int
+    objective: Objective = Objective.MAKESPAN
 
     @property
     def makespan(self) -> float:
@@ -100,6 +104,7 @@ class SearchResult:
             "stages_per_rank": spec.stages_per_rank,
             "placement": spec.placement.value,
             "budget": {"value": self.budget.value, "kind": self.budget.kind.value},
+            "objective": self.objective.value,
             "limit": self.limit,
             "memory_unit": sim.memory_unit,
             "makespan": sim.makespan,
@@ -115,11 +120,14 @@ class Searcher:
     """A search over one (p, m, costs, family), answering any number of budgets.
 
     Everything built or simulated is kept, so asking many budgets (the Pareto front) costs
-    little more than asking one. ``named=False`` leaves the named generators out.
+    little more than asking one. ``named=False`` leaves the named generators out;
+    ``objective`` says what "best" means (default: the shortest makespan).
     """
 
     def __init__(self, num_ranks: int, num_microbatches: int, costs: CostModel | None = None,
-                 family: str = "all", *, named: bool = True, screen: int = 8) -> None:
+                 family: str = "all", *, named: bool = True, screen: int = 8,
+                 objective: Objective | str = Objective.MAKESPAN) -> None:
+        self.objective = Objective.parse(objective)
         if family not in FAMILIES:
             raise SpecError(f"unknown search family {family!r}; use one of: "
                             f"{', '.join(FAMILIES)}")
@@ -132,7 +140,8 @@ class Searcher:
                                "v", family in ("v", "all"))
         self.loop_tab = self._tab(PipelineSpec(num_ranks, num_microbatches), "zb",
                                   family in ("zb", "all"))
-        self.v = VFamily(self.v_tab, self.costs, screen=screen) if self.v_tab else None
+        self.v = VFamily(self.v_tab, self.costs, screen=screen,
+                         objective=self.objective) if self.v_tab else None
         placements = {"v": [Placement.V], "zb": [Placement.LOOP],
                       "all": [Placement.V, Placement.LOOP]}[family]
         self.named = NamedPool(num_ranks, num_microbatches, self.costs, placements) \
@@ -220,7 +229,9 @@ class Searcher:
             found += self.v.best(budget.limit(self.v_tab), tick)
         if self.loop_tab:
             limit = budget.limit(self.loop_tab)
-            best = min((c.simulation.makespan for c in [*found, *self.evaluated.values()]
+            # the floor bounds rank 0's span, so it bounds both objectives' first time
+            best = min((score(c.simulation, self.objective)[0]
+                        for c in [*found, *self.evaluated.values()]
                         if budget.fits(c.peak, self._tab_of(c))), default=float("inf"))
             floor = _loop_floor(self.loop_tab, limit)
             if floor >= best:
@@ -239,7 +250,7 @@ class Searcher:
         ok = [c for c in self.evaluated.values() if budget.fits(c.peak, self._tab_of(c))]
         if progress:
             progress(total, total, "done")
-        return sorted(ok, key=rank_key)
+        return sorted(ok, key=lambda c: rank_key(c, self.objective))
 
     def _tab_of(self, c: Candidate) -> Tables:
         spec = c.schedule.spec
@@ -271,11 +282,12 @@ class Searcher:
                  self.p, self.m, b.describe(), c.schedule.name, c.simulation.makespan,
                  c.simulation.peak_fraction, len(self.evaluated))
         return SearchResult(c.schedule, c.simulation, c.family, c.how, b,
-                            b.limit(self._tab_of(c)), len(self.evaluated))
+                            b.limit(self._tab_of(c)), len(self.evaluated), self.objective)
 
 
 def _loop_floor(tab: Tables, limit: float) -> float:
-    """A lower bound on the makespan of any loop schedule (one stage per rank) under ``limit``.
+    """A lower bound on the makespan of any loop schedule (one stage per rank) under ``limit``,
+    and on its longest span (both bounds below hold within one rank's span).
 
     Rank 0 holds each microbatch's activation (mem_f of stage 0) from its F's start to its B's
     end at least: the F's down every stage and the B's back, with their transfers (R). With at
@@ -301,13 +313,15 @@ def search(
     *,
     named: bool = True,
     progress: Progress | None = None,
+    objective: Objective | str = Objective.MAKESPAN,
 ) -> SearchResult:
     """The fastest schedule for ``spec`` (or ``(p, m)``; only p and m are used: the family
     picks the placement) under ``costs`` whose peak fits ``budget`` on every rank.
 
-    ``budget``: a fraction of 1F1B's peak, or a :class:`Budget`. Raises
+    ``budget``: a fraction of 1F1B's peak, or a :class:`Budget`. ``objective``: "makespan"
+    (default) or "bubble" (the papers' metric first; :class:`~.candidates.Objective`). Raises
     :class:`~pipeblocks.errors.SpecError` naming the smallest feasible budget when it is
     below every candidate's peak. Deterministic: the same inputs give the same schedule.
     """
     p, m = (spec.num_ranks, spec.num_microbatches) if isinstance(spec, PipelineSpec) else spec
-    return Searcher(p, m, costs, family, named=named).best(budget, progress)
+    return Searcher(p, m, costs, family, named=named, objective=objective).best(budget, progress)

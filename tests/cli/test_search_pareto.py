@@ -26,6 +26,22 @@ def last_json(out: str) -> dict:  # type: ignore[type-arg]
     return json.loads(out.strip().splitlines()[-1])
 
 
+def test_search_objective_bubble(capsys: pytest.CaptureFixture[str]) -> None:
+    """--objective bubble is the library's Objective.BUBBLE: same schedule, and its papers'
+    bubble rate is no worse than the default objective's (which ranks by makespan first)."""
+    code, out, _ = run(capsys, "search", "-p", "8", "-m", "32", "--memory", "0.8125",
+                       "--objective", "bubble", "--json")
+    assert code == 0
+    obj = last_json(out)
+    r = search((8, 32), None, 0.8125, objective="bubble")
+    assert obj["objective"] == "bubble" and obj["name"] == r.schedule.name
+    code, out, _ = run(capsys, "search", "-p", "8", "-m", "32", "--memory", "0.8125", "--json")
+    default = last_json(out)
+    assert default["objective"] == "makespan"
+    assert obj["bubble_rate"] <= default["bubble_rate"]
+    assert default["makespan"] <= obj["makespan"]
+
+
 def test_search_json_matches_the_library(capsys: pytest.CaptureFixture[str]) -> None:
     """--json prints one object: the library's schedule, numbers and recipe; stderr quiet."""
     code, out, err = run(capsys, "search", "-p", "6", "-m", "24", "--memory", "0.7",

@@ -9,7 +9,7 @@ import pytest
 from pipeblocks.errors import SpecError
 from pipeblocks.generators import generate, generators
 from pipeblocks.ir import Pass, PipelineSpec, validate
-from pipeblocks.search import Budget, Searcher, search
+from pipeblocks.search import Budget, Objective, Searcher, search
 from pipeblocks.search.pareto import budget_ladder, pareto
 from pipeblocks.search.refill import program_peaks
 from pipeblocks.search.tables import tables
@@ -183,3 +183,18 @@ def test_named_peaks_never_fall_as_microbatches_are_added(p: int) -> None:
                 continue
             peak = max(program_peaks(big, tables(big.spec, UNIT)))
             assert max(program_peaks(small, tables(small.spec, UNIT))) <= peak, (gen.name, m)
+
+
+def test_objective_choices_and_summary() -> None:
+    """'makespan' (the default) and 'bubble' rank the candidates, anything else is a SpecError
+    naming both; each objective wins its own metric, and the summary says which was used."""
+    assert Objective.parse("bubble") is Objective.BUBBLE
+    with pytest.raises(SpecError, match="unknown search objective 'fast'; use one of: "
+                                        "makespan, bubble"):
+        search((4, 8), UNIT, 1.0, objective="fast")
+    fast = search((8, 32), UNIT, 13 / 16, family="v", named=False)
+    bubble = search((8, 32), UNIT, 13 / 16, family="v", named=False, objective="bubble")
+    assert fast.makespan < bubble.makespan and max(bubble.simulation.span) < max(
+        fast.simulation.span)
+    assert (fast.summary()["objective"], bubble.summary()["objective"]) == ("makespan",
+                                                                            "bubble")
