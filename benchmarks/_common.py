@@ -140,33 +140,11 @@ def timed_step(fn: Any, *args: Any) -> tuple[float, float | None]:
 
 
 def ping_ms(shape: Sequence[int], reps: int = 25) -> float:
-    """One-way time (ms) of a float32 tensor of ``shape`` from rank 0 to rank 1 (median).
+    """One-way time (ms) of a float32 tensor of ``shape`` from rank 0 to rank 1 (median):
+    :func:`pipeblocks.runtime.p2p.one_way_ms`."""
+    from pipeblocks.runtime.p2p import one_way_ms
 
-    As on a pipeline's critical path, the receiver is already waiting when the message goes;
-    both ends read one host clock, so no round trip is needed. Every rank gets the result.
-    """
-    import torch
-    import torch.distributed as dist
-
-    rank = dist.get_rank()
-    buf = torch.zeros(tuple(shape))
-    stamp = torch.zeros(1, dtype=torch.float64)
-    delays = []
-    for _ in range(reps):
-        if rank == 0:
-            time.sleep(0.002)  # let rank 1 block in its receive first
-            stamp[0] = time.perf_counter()
-            dist.send(buf, 1)
-            dist.send(stamp, 1)
-        elif rank == 1:
-            dist.recv(buf, 0)
-            got = time.perf_counter()
-            dist.recv(stamp, 0)
-            delays.append(got - float(stamp[0]))
-    out = torch.tensor([statistics.median(delays[5:]) * 1e3 if delays else 0.0],
-                       dtype=torch.float64)
-    dist.broadcast(out, src=1)
-    return float(out)
+    return one_way_ms(shape, reps)
 
 
 def out_dir(quick: bool) -> Path:

@@ -21,7 +21,6 @@ import math
 import os
 import statistics
 import sys
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -37,6 +36,7 @@ from pipeblocks.runtime import checkpoint
 from pipeblocks.runtime.emulate import EmulatedStage
 from pipeblocks.runtime.executor import Executor
 from pipeblocks.runtime.faults import Guard, RankFailure, write_error
+from pipeblocks.runtime.p2p import one_way_ms
 
 __all__ = ["main", "build_parser", "check_args", "load_schedule", "model_config", "layout_of"]
 
@@ -338,32 +338,8 @@ def _check(
 
 
 def _ping(cfg: GPTConfig, mbs: int, device: torch.device) -> float:
-    """One-way time (ms) of one activation from rank 0 to rank 1 (median of 20).
-
-    As on a pipeline's critical path, the receiver is already waiting when the message is
-    posted; both ends read the same host clock, so no round trip is needed.
-    """
-    if not dist.is_initialized() or dist.get_world_size() < 2:
-        return 0.0
-    rank = dist.get_rank()
-    buf = torch.zeros(mbs, cfg.seq, cfg.dim, device=device)
-    stamp = torch.zeros(1, dtype=torch.float64, device=device)
-    delays = []
-    for _ in range(25):
-        if rank == 0:
-            time.sleep(0.002)  # let rank 1 block in its receive first
-            stamp[0] = time.perf_counter()
-            dist.send(buf, 1)
-            dist.send(stamp, 1)
-        elif rank == 1:
-            dist.recv(buf, 0)
-            got = time.perf_counter()
-            dist.recv(stamp, 0)
-            delays.append(got - float(stamp[0]))
-    out = torch.tensor([statistics.median(delays[5:]) * 1e3 if delays else 0.0],
-                       dtype=torch.float64, device=device)
-    dist.broadcast(out, src=1)
-    return float(out)
+    """One-way time (ms) of one activation from rank 0 to rank 1 (median of 20)."""
+    return one_way_ms((mbs, cfg.seq, cfg.dim), 25, device)
 
 
 def _print_report(args: argparse.Namespace, r: dict[str, Any]) -> None:

@@ -16,6 +16,8 @@ in posting order, which the lowering keeps FIFO-consistent per rank pair
 from __future__ import annotations
 
 import contextlib
+import statistics
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +30,7 @@ from pipeblocks.ir.lowering import Payload, Transfer
 from pipeblocks.ir.spec import PipelineSpec
 
 __all__ = ["tag_of", "handshake_tag", "Post", "P2P", "encode_meta", "decode_meta", "META_LEN",
-           "Meta", "agree_shapes"]
+           "Meta", "agree_shapes", "one_way_ms"]
 
 Meta = tuple[tuple[int, ...], torch.dtype]  # shape and dtype of a tensor between stages
 Waiting = Callable[[str, int], contextlib.AbstractContextManager[None]]
@@ -172,3 +174,35 @@ def _out_meta(runner: Any, stage: int, x: torch.Tensor) -> Meta:
         raise SpecError(f"stage {stage} returned {type(out).__name__}; a stage maps one tensor "
                         f"to one tensor")
     return tuple(out.shape), out.dtype
+
+
+def one_way_ms(shape: Sequence[int], reps: int = 25, device: torch.device | str = "cpu") -> float:
+    """One-way time (ms) of a float32 tensor of ``shape`` from rank 0 to rank 1 (median).
+
+    As on a pipeline's critical path, the receiver is already waiting when the message is
+    posted; both ends read one host clock, so no round trip is needed. Every rank gets the
+    result; 0.0 without a process group of at least 2 ranks. The first 5 messages (warm-up)
+    are not counted.
+    """
+    if not dist.is_initialized() or dist.get_world_size() < 2:
+        return 0.0
+    rank = dist.get_rank()
+    buf = torch.zeros(tuple(shape), device=device)
+    stamp = torch.zeros(1, dtype=torch.float64, device=device)
+    delays = []
+    for _ in range(reps):
+        if rank == 0:
+            time.sleep(0.002)  # let rank 1 block in its receive first
+            stamp[0] = time.perf_counter()
+            dist.send(buf, 1)
+            dist.send(stamp, 1)
+        elif rank == 1:
+            dist.recv(buf, 0)
+            got = time.perf_counter()
+            dist.recv(stamp, 0)
+            delays.append(got - float(stamp[0]))
+    out = torch.tensor([statistics.median(delays[5:]) * 1e3 if delays[5:] else 0.0],
+                       dtype=torch.float64, device=device)
+    dist.broadcast(out, src=1)
+    return float(out)
+
