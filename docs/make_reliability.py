@@ -34,8 +34,8 @@ import degenerate  # noqa: E402
 import fuzzkit  # noqa: E402
 import mutations  # noqa: E402
 
-from pipeblocks.errors import DeadlockError, ScheduleError, SpecError  # noqa: E402
-from pipeblocks.generators import generate, get, names  # noqa: E402
+from pipeblocks.errors import DeadlockError, ScheduleError  # noqa: E402
+from pipeblocks.generators import generate  # noqa: E402
 from pipeblocks.ir import validate  # noqa: E402
 from pipeblocks.ir.lowering import lower  # noqa: E402
 from pipeblocks.sim.deadlock import check  # noqa: E402
@@ -43,22 +43,8 @@ from pipeblocks.sim.deadlock import check  # noqa: E402
 BAD: list[str] = []  # every unexpected outcome, printed at the end
 
 
-def _cases() -> list[tuple[str, int, int, int | None]]:
-    out = []
-    for name in names():
-        vs = (None,) if get(name).fixed_stages_per_rank else (None, 3)
-        for p, m in ((1, 1), (1, 3), (2, 2), (2, 4), (3, 3), (3, 6), (4, 8)):
-            for v in vs:
-                try:
-                    generate(name, p, m, v)
-                except SpecError:
-                    continue
-                out.append((name, p, m, v))
-    return out
-
-
 def schedule_campaign(runs: int) -> Counter[str]:
-    cases = _cases()
+    cases = list(mutations.cases())
     seen: Counter[str] = Counter()
     for seed in range(runs):
         rng = random.Random(seed)
@@ -80,7 +66,7 @@ def schedule_campaign(runs: int) -> Counter[str]:
 
 
 def lowered_campaign(runs: int) -> Counter[str]:
-    cases = [c for c in _cases() if c[1] > 1]
+    cases = [c for c in mutations.cases() if c[1] > 1]
     lowered = {c: lower(generate(*c)) for c in cases}
     seen: Counter[str] = Counter()
     for seed in range(runs):

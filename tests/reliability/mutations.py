@@ -17,21 +17,41 @@ schedule valid; the oracles decide, written from shared/DESIGN.md without the co
 
 from __future__ import annotations
 
+import functools
 import random
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from pipeblocks.errors import SpecError
+from pipeblocks.generators import generate, get, names
 from pipeblocks.ir import Action, Pass, Schedule
 from pipeblocks.ir.lowering import Comm, CommOp, LoweredSchedule, Op, _incoming, _outgoing
 
-__all__ = ["MUTATIONS", "LOWERED_MUTATIONS", "RULE_GROUPS", "mutate_schedule", "rule_oracle",
+__all__ = ["cases", "MUTATIONS", "LOWERED_MUTATIONS", "RULE_GROUPS", "mutate_schedule", "rule_oracle",
            "mutate_lowered", "fifo_run"]
 
 # --- validator mutations ----------------------------------------------------------------------
 
 MUTATIONS = ("drop", "duplicate", "move-rank", "renumber-mb", "renumber-stage", "change-kind",
              "swap", "reverse-rank", "shuffle-rank", "exchange-programs", "out-of-range")
+
+
+@functools.cache
+def cases() -> tuple[tuple[str, int, int, int | None], ...]:
+    """The campaign's cases, shared by the tests and docs/make_reliability.py: (generator, p,
+    m, v) at small sizes each generator accepts, v=3 where v may vary."""
+    out = []
+    for name in names():
+        vs = (None,) if get(name).fixed_stages_per_rank else (None, 3)
+        for p, m in ((1, 1), (1, 3), (2, 2), (2, 4), (3, 3), (3, 6), (4, 8)):
+            for v in vs:
+                try:
+                    generate(name, p, m, v)
+                except SpecError:
+                    continue
+                out.append((name, p, m, v))
+    return tuple(out)
 
 
 def _programs(s: Schedule) -> list[list[Action]]:

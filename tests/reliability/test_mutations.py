@@ -20,36 +20,21 @@ from hypothesis import strategies as st
 from mutations import (
     LOWERED_MUTATIONS,
     MUTATIONS,
+    cases,
     fifo_run,
     mutate_lowered,
     mutate_schedule,
     rule_oracle,
 )
 
-from pipeblocks.errors import DeadlockError, ScheduleError, SpecError
-from pipeblocks.generators import generate, get, names
+from pipeblocks.errors import DeadlockError, ScheduleError
+from pipeblocks.generators import generate, names
 from pipeblocks.ir import Action, Schedule, validate
 from pipeblocks.ir.lowering import LoweredSchedule, lower
 from pipeblocks.ir.validate import RULES
 from pipeblocks.sim.deadlock import check
 
 COMM_RULES = ("comm-peer", "comm-match", "send-recv-order")
-
-
-@functools.cache
-def cases() -> tuple[tuple[str, int, int, int | None], ...]:
-    """(generator, p, m, v) at small sizes each generator accepts, v=3 where v may vary."""
-    out = []
-    for name in names():
-        vs = (None,) if get(name).fixed_stages_per_rank else (None, 3)
-        for p, m in ((1, 1), (1, 3), (2, 2), (2, 4), (3, 3), (3, 6), (4, 8)):
-            for v in vs:
-                try:
-                    generate(name, p, m, v)
-                except SpecError:
-                    continue
-                out.append((name, p, m, v))
-    return tuple(out)
 
 
 @functools.cache
