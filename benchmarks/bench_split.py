@@ -8,9 +8,10 @@ The small GPT (8 blocks, 4 stages as ``pipeblocks train`` splits it) is profiled
 this thread, one torch thread, so other processes on the machine do not count): per stage the
 median F, B, W and fused BW over ``reps``, split and fused alternated. The target (issue 8) is
 (B + W) / BW <= 1.15 per stage. Then one middle stage's fused and split backward are taken
-apart (``where_time_goes``): time in autograd engine calls, in the frontier search, and the rest;
-and the engine calls alone are timed on one block (``engine_floor``): the least a split built
-on them can cost, whatever the Python around them. Writes ``benchmarks/results/split.json``.
+apart (``where_time_goes``): time in autograd engine calls, in W's own weight-gradient kernels
+(:mod:`pipeblocks.runtime.direct`), in the frontier search, and the rest; and each pass is
+repeated on one block's graph built once (``floor``): what the split costs with warm caches,
+no planning and no graph building or freeing. Writes ``benchmarks/results/split.json``.
 """
 
 from __future__ import annotations
@@ -60,10 +61,12 @@ def measure(dim: int, heads: int, seq: int, mbs: int, reps: int) -> dict[str, An
 
 
 def where_time_goes(dim: int, heads: int, seq: int, mbs: int, reps: int = 50) -> dict[str, Any]:
-    """Stage 1's backward taken apart: engine calls, the frontier search, the rest (CPU ms).
+    """Stage 1's backward taken apart: engine calls, W's direct kernels, the frontier search,
+    the rest (CPU ms).
 
-    The autograd engine (``frontier._ENGINE``, through which every call of the stage goes)
-    and the frontier search (``Planner.plan``) are wrapped with ``time.thread_time`` counters
+    The autograd engine (``frontier._ENGINE``, through which every call of the stage goes),
+    W's direct weight gradients (``frontier._direct``) and the frontier search
+    (``Planner.plan``) are wrapped with ``time.thread_time`` counters
     while stage 1 runs ``reps`` microbatches fused, then split, alternated; medians per
     microbatch. The row "input path" is one engine call for the stage input's gradient alone
     over the whole stage (no segments, no captures): the least B can cost, so BW minus it is
@@ -85,8 +88,8 @@ def where_time_goes(dim: int, heads: int, seq: int, mbs: int, reps: int = 50) ->
     with torch.no_grad():
         x = parts[0](tokens)
         grad = torch.full_like(parts[1](x), 1e-3)
-    acc = {"engine_s": 0.0, "engine_calls": 0, "plan_s": 0.0}
-    real_engine, real_plan = fr._ENGINE, fr.Planner.plan
+    acc = {"engine_s": 0.0, "engine_calls": 0, "plan_s": 0.0, "direct_s": 0.0}
+    real_engine, real_plan, real_direct = fr._ENGINE, fr.Planner.plan, fr._direct
 
     class Engine:
         def run_backward(self, *args: Any) -> Any:
@@ -104,6 +107,13 @@ def where_time_goes(dim: int, heads: int, seq: int, mbs: int, reps: int = 50) ->
         finally:
             acc["plan_s"] += time.thread_time() - t0
 
+    def direct(*a: Any) -> None:
+        t0 = time.thread_time()
+        try:
+            real_direct(*a)
+        finally:
+            acc["direct_s"] += time.thread_time() - t0
+
     def input_path(_: Any) -> None:
         inp = x.detach().requires_grad_(True)
         out = parts[1](inp)
@@ -114,6 +124,7 @@ def where_time_goes(dim: int, heads: int, seq: int, mbs: int, reps: int = 50) ->
     split = stage_mod.Stage(parts[1], 1, STAGES, lm_loss, split=True)
     fr._ENGINE = Engine()
     fr.Planner.plan = plan  # type: ignore[method-assign]
+    fr._direct = direct
     try:
         for rep in range(reps + 3):
             for label, st, call in (("BW", fused, lambda st: st.backward(0, grad)),
@@ -122,7 +133,7 @@ def where_time_goes(dim: int, heads: int, seq: int, mbs: int, reps: int = 50) ->
                                     ("input path", None, input_path)):
                 if st is not None and label != "W":
                     st.forward(0, x)
-                acc.update(engine_s=0.0, engine_calls=0, plan_s=0.0)
+                acc.update(engine_s=0.0, engine_calls=0, plan_s=0.0, direct_s=0.0)
                 if label == "input path":  # only its engine call is timed
                     call(st)
                     total = acc["engine_s"]
@@ -135,26 +146,29 @@ def where_time_goes(dim: int, heads: int, seq: int, mbs: int, reps: int = 50) ->
     finally:
         fr._ENGINE = real_engine
         fr.Planner.plan = real_plan  # type: ignore[method-assign]
+        fr._direct = real_direct
     parts[1].zero_grad(set_to_none=True)
     out = {}
     for label, rows in samples.items():
         total = statistics.median(r["total"] for r in rows) * 1e3
         eng = statistics.median(r["engine_s"] for r in rows) * 1e3
         pln = statistics.median(r["plan_s"] for r in rows) * 1e3
-        out[label] = {"total_ms": total, "engine_ms": eng, "plan_ms": pln,
-                      "other_ms": total - eng - pln,
+        dct = statistics.median(r["direct_s"] for r in rows) * 1e3
+        out[label] = {"total_ms": total, "engine_ms": eng, "plan_ms": pln, "direct_ms": dct,
+                      "other_ms": total - eng - pln - dct,
                       "engine_calls": statistics.median(r["engine_calls"] for r in rows)}
     return out
 
 
-def engine_floor(dim: int, heads: int, seq: int, mbs: int, reps: int = 30) -> dict[str, float]:
-    """What the split costs in the autograd engine alone: one block of stage 1, its graph
-    built once and kept, each pass's engine calls repeated on it (warm caches, no Python
-    planning, no graph building or freeing; CPU us, median of ``reps`` rounds of 20).
+def floor(dim: int, heads: int, seq: int, mbs: int, reps: int = 30) -> dict[str, float]:
+    """Each pass repeated on one block of stage 1 whose graph is built once and kept: warm
+    caches, no planning, no graph building or freeing (CPU us, median of ``reps`` rounds of
+    20). What the split costs where only its own work counts.
 
-    ``bw``: the fused call; ``input_path``: the input gradient alone; ``b``: B's call (the
-    input gradient and the captures); ``w``: W's calls, one per frontier level. ``ratio`` is
-    (b + w) / bw: the least a split built on these engine calls can cost on this block.
+    ``bw``: the fused engine call; ``input_path``: the input gradient alone; ``b``: B's call
+    (the input gradient and the captures); ``w``: W as the stage runs it
+    (:class:`~pipeblocks.runtime.frontier.WeightPass`: the direct kernels, and one engine call
+    per frontier level left, ``w_engine_calls``). ``ratio`` is (b + w) / bw.
     """
     import statistics
     import time
@@ -177,21 +191,12 @@ def engine_floor(dim: int, heads: int, seq: int, mbs: int, reps: int = 30) -> di
     plan = fr.Planner({id(q) for q in params}).plan(out, inp)
     run = fr._ENGINE.run_backward
     caps = run((out,), (grad,), True, False, (inp, *plan.edges), True, False)[1:]
-    levels = [
-        (tuple(plan.edges[i] for i in idx if caps[i] is not None),
-         tuple(caps[i] for i in idx if caps[i] is not None), ps)
-        for _, idx, ps in plan.shape.levels
-    ]
-
-    def w() -> None:
-        for roots, grads, ps in levels:
-            run(roots, grads, True, False, ps, True, True)
-
+    weight_pass = fr.WeightPass()
     calls = {
         "bw": lambda: run((out,), (grad,), True, False, (*params, inp), True, True),
         "input_path": lambda: run((out,), (grad,), True, False, (inp,), True, False),
         "b": lambda: run((out,), (grad,), True, False, (inp, *plan.edges), True, False),
-        "w": w,
+        "w": lambda: weight_pass([plan], [caps]),
     }
     times: dict[str, list[float]] = {k: [] for k in calls}
     for _ in range(reps):
@@ -202,7 +207,7 @@ def engine_floor(dim: int, heads: int, seq: int, mbs: int, reps: int = 30) -> di
             times[key].append((time.thread_time() - t0) / 20 * 1e6)
     block.zero_grad(set_to_none=True)
     got = {k: statistics.median(v) for k, v in times.items()}
-    got["w_calls"] = float(len(levels))
+    got["w_engine_calls"] = float(len(plan.shape.levels) + len(plan.shape.pinned))
     got["ratio"] = (got["b"] + got["w"]) / got["bw"]
     return got
 
@@ -245,13 +250,13 @@ def run(quick: bool = False) -> dict[str, Any]:
         results.append(measure(dim, heads, seq, mbs, reps))
     c.log("split: stage 1's backward taken apart (demo size)")
     profile = where_time_goes(*SIZES[0], reps=10 if quick else 50)
-    c.log("split: the engine calls alone, one block")
-    floor = [{"dim": d, "microbatch": b, **engine_floor(d, h, q, b, reps=5 if quick else 30)}
-             for d, h, q, b in sizes]
+    c.log("split: each pass repeated on one block's graph")
+    floors = [{"dim": d, "microbatch": b, **floor(d, h, q, b, reps=5 if quick else 30)}
+              for d, h, q, b in sizes]
     c.log("split: passes after idling")
     idle = after_idle(*SIZES[0], reps=5 if quick else 15)
     result = {"target": TARGET, "reps": reps, "layers": 8, "stages": STAGES, "sizes": results,
-              "profile": profile, "engine_floor": floor, "after_idle": idle}
+              "profile": profile, "floor": floors, "after_idle": idle}
     c.write_result(NAME, result, quick)
     return result
 
@@ -274,48 +279,45 @@ def markdown(result: dict[str, Any], md_dir: Path = c.ROOT / "docs") -> str:
     prof = result["profile"]
     bw, b, w = prof["BW"], prof["B"], prof["W"]
     extra = b["total_ms"] + w["total_ms"] - bw["total_ms"]
-    extra_engine = b["engine_ms"] + w["engine_ms"] - bw["engine_ms"]
-    calls = b["engine_calls"] + w["engine_calls"] - bw["engine_calls"]
     lines += [
         "Where the split's time goes, stage 1 of the demo size (`bench_split.where_time_goes`: "
-        "the autograd engine calls and the frontier search wrapped with `thread_time` "
-        "counters; median CPU ms per microbatch):",
+        "the autograd engine calls, W's own weight-gradient kernels (`runtime.direct`) and the "
+        "frontier search wrapped with `thread_time` counters; median CPU ms per microbatch):",
         "",
-        c.table(["pass", "total", "engine calls", "in the engine", "frontier search", "rest"],
-                [[k, v["total_ms"], v["engine_calls"], v["engine_ms"], v["plan_ms"],
-                  v["other_ms"]] for k, v in prof.items()]),
+        c.table(["pass", "total", "engine calls", "in the engine", "W's direct kernels",
+                 "frontier search", "rest"],
+                [[k, v["total_ms"], v["engine_calls"], v["engine_ms"], v.get("direct_ms", 0.0),
+                  v["plan_ms"], v["other_ms"]] for k, v in prof.items()]),
         "",
-        f"B + W costs {extra:.3f} ms more than BW: {extra_engine:.3f} ms more inside the engine "
-        f"({calls:.0f} more calls), {b['plan_ms'] + w['plan_ms']:.3f} ms in the frontier "
-        f"search, and {b['other_ms'] + w['other_ms'] - bw['other_ms']:.3f} ms of other Python "
-        f"in the stage.",
+        f"B + W costs {extra:.3f} ms more than BW.",
     ]
     inp = prof.get("input path")
     if inp:
         least_w = bw["engine_ms"] - inp["engine_ms"]
         lines[-1] += (
-            f" Against the least each could cost, B's engine time is "
-            f"{b['engine_ms'] - inp['engine_ms']:.3f} ms over the input path alone (one more "
-            f"call per segment, the captures), and W's {w['engine_ms'] - least_w:.3f} ms over BW "
-            f"minus the input path ({w['engine_calls']:.0f} calls, one per frontier level, each "
-            f"with its own set-up and walk of the graph below its frontier nodes, and every "
-            f"frontier node run a second time).")
+            f" B is {b['total_ms'] - inp['engine_ms']:.3f} ms over the input path alone: "
+            f"{b['plan_ms']:.3f} ms in the frontier search (a Python walk of each graph), "
+            f"{b['engine_ms'] - inp['engine_ms']:.3f} ms more in the engine (one call per "
+            f"segment, the captures) and {b['other_ms']:.3f} ms of other Python. W is "
+            f"{w['total_ms'] - least_w:.3f} ms over BW minus the input path (the least it "
+            f"could cost): its kernels run apart from B's, on operands that have left the "
+            f"cache, plus the Python around them.")
     lines += [
         "These are costs per block, not per FLOP, which is why the ratio falls as the blocks "
         "grow.",
         "",
     ]
-    floor = result.get("engine_floor")
-    if floor:
+    floors = result.get("floor")
+    if floors:
         lines += [
-            "The engine calls alone (`bench_split.engine_floor`: one block's graph built once, "
-            "each pass's engine calls repeated on it, so no Python planning and warm caches; "
-            "median CPU µs): the least a split built on these calls can cost.",
+            "Each pass repeated on one block's graph built once (`bench_split.floor`: warm "
+            "caches, no frontier search, no graph building or freeing; median CPU µs): what "
+            "the split costs where only its own work counts.",
             "",
-            c.table(["dim", "microbatch", "BW", "input path", "B", "W", "W calls",
+            c.table(["dim", "microbatch", "BW", "input path", "B", "W", "W engine calls",
                      "(B + W) / BW"],
                     [[f["dim"], f["microbatch"], f["bw"], f["input_path"], f["b"], f["w"],
-                      f["w_calls"], f["ratio"]] for f in floor]),
+                      f["w_engine_calls"], f["ratio"]] for f in floors]),
             "",
         ]
     idle = result.get("after_idle")
@@ -350,14 +352,16 @@ def main(argv: list[str] | None = None) -> int:
                        for s in r["stages"]])
         print(f"all stages {r['total_ratio']:.3f} (target {TARGET}: "
               f"{'met' if r['met'] else 'MISSED'})")
-    print("\none block, the engine calls alone, CPU us:")
-    c.print_table(["dim", "microbatch", "BW", "input path", "B", "W", "W calls", "(B+W)/BW"],
+    print("\none block, each pass repeated on its graph, CPU us:")
+    c.print_table(["dim", "microbatch", "BW", "input path", "B", "W", "W engine calls",
+                   "(B+W)/BW"],
                   [[f["dim"], f["microbatch"], f["bw"], f["input_path"], f["b"], f["w"],
-                    f["w_calls"], f["ratio"]] for f in result["engine_floor"]])
+                    f["w_engine_calls"], f["ratio"]] for f in result["floor"]])
     print("\nstage 1 of the demo size, CPU ms per microbatch:")
-    c.print_table(["pass", "total", "engine calls", "engine", "frontier search", "rest"],
-                  [[k, v["total_ms"], v["engine_calls"], v["engine_ms"], v["plan_ms"],
-                    v["other_ms"]] for k, v in result["profile"].items()])
+    c.print_table(["pass", "total", "engine calls", "engine", "direct W", "frontier search",
+                   "rest"],
+                  [[k, v["total_ms"], v["engine_calls"], v["engine_ms"], v["direct_ms"],
+                    v["plan_ms"], v["other_ms"]] for k, v in result["profile"].items()])
     return 0
 
 

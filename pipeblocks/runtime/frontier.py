@@ -3,10 +3,12 @@
 B asks the autograd engine for the stage input's gradient only, and captures on the way the
 gradient arriving at each *frontier node*: a node on the output-to-input path with a branch to
 parameters that does not lead back to the input (a linear layer's ``Addmm``, a layer norm).
-W then feeds those gradients back into the frontier nodes (``GradientEdge`` roots) with the
-parameters as targets, so the engine runs only the parameter branches: the input path is
-never computed twice. A :class:`Planner` finds the frontier of each graph;
-:class:`WeightPass` runs W.
+W then runs only the parameter branches from those gradients: the input path is never
+computed twice. A frontier node of the plain kinds (a linear layer's matrix product, a layer
+norm, with the parameters right below it) W computes itself from the node's saved tensors
+(:mod:`pipeblocks.runtime.direct`); any other it feeds back to the engine
+(``GradientEdge`` roots, the parameters as targets). A :class:`Planner` finds the frontier
+of each graph; :class:`WeightPass` runs W.
 
 Note "plan cache": every microbatch of a stage builds a new graph, but almost always one of
 the same shape. Finding the frontier (a post-order analysis, about 0.15 ms per transformer
@@ -26,8 +28,8 @@ any part of the graph left unseen could route a gradient to another parameter.
     >>> for _ in range(2):
     ...     x = torch.randn(2, 3, requires_grad=True)
     ...     p = planner.plan(torch.tanh(lin(x)), x)
-    >>> [type(e.node).__name__ for e in p.edges], [lv for lv, _, _ in p.shape.levels]
-    (['AddmmBackward0'], [0])
+    >>> [type(e.node).__name__ for e in p.edges], [k.__name__ for _, k, _ in p.shape.direct]
+    (['AddmmBackward0'], ['_addmm'])
     >>> p.shape.custom, p.shape.linked, planner.misses, planner.hits
     ('', True, 1, 1)
 """
@@ -41,6 +43,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.autograd.graph import GradientEdge, Node
+
+from pipeblocks.runtime.direct import Kernel, hooked, kernel, recipe
 
 __all__ = ["Shape", "Plan", "Planner", "WeightPass", "engine_backward", "Grads"]
 
@@ -89,13 +93,16 @@ class Shape:
     single-node groups, by level; groups of one level never lie on each other's input path,
     so W runs a whole level, over every segment, in one engine call. ``pinned`` are merged
     groups (a weight used by several frontier nodes) as (edge indices per node, parameters):
-    one call each, every node pinned to its recorded gradient. ``custom`` names a custom
+    one call each, every node pinned to its recorded gradient. ``direct`` are single-node
+    groups W runs without the engine, as (edge index, kind, parameters) of
+    :func:`pipeblocks.runtime.direct.recipe`; they are in no level. ``custom`` names a custom
     autograd Function in the graph ("" if none); ``linked``: the root reaches the input.
     """
 
     slots: tuple[tuple[int, int], ...]
     levels: tuple[tuple[int, tuple[int, ...], tuple[nn.Parameter, ...]], ...]
     pinned: tuple[tuple[tuple[tuple[int, ...], ...], tuple[nn.Parameter, ...]], ...]
+    direct: tuple[tuple[int, Kernel, tuple[nn.Parameter, ...]], ...]
     custom: str
     linked: bool
 
@@ -108,7 +115,7 @@ class Plan:
     shape: Shape
 
 
-_UNLINKED = Shape((), (), (), "", False)
+_UNLINKED = Shape((), (), (), (), "", False)
 
 
 class Planner:
@@ -268,6 +275,7 @@ def _analyse(top: Node, inp: torch.Tensor, param_ids: set[int], pos: dict[Node, 
     slots: list[tuple[int, int]] = []
     levels: dict[int, tuple[list[int], list[nn.Parameter]]] = {}
     pinned = []
+    direct: list[tuple[int, Kernel, tuple[nn.Parameter, ...]]] = []
     for nodes, pids in groups:
         if not nodes:
             continue
@@ -278,7 +286,10 @@ def _analyse(top: Node, inp: torch.Tensor, param_ids: set[int], pos: dict[Node, 
             slots.extend((pos[node], i) for i in range(n_in))
             per_node.append(tuple(range(first, len(slots))))
         ps_list = tuple(params[p] for p in sorted(pids))
-        if len(nodes) == 1:
+        how = recipe(nodes[0], pids) if len(nodes) == 1 and len(per_node[0]) == 1 else None
+        if how is not None:
+            direct.append((per_node[0][0], kernel(how[0]), how[1]))
+        elif len(nodes) == 1:
             idx, lps = levels.setdefault(seen[nodes[0]][1], ([], []))
             idx.extend(per_node[0])
             lps.extend(ps_list)
@@ -288,6 +299,7 @@ def _analyse(top: Node, inp: torch.Tensor, param_ids: set[int], pos: dict[Node, 
         tuple(slots),
         tuple((lv, tuple(idx), tuple(ps)) for lv, (idx, ps) in sorted(levels.items())),
         tuple(pinned),
+        tuple(direct),
         custom[0] if custom else "",
         linked,
     )
@@ -316,6 +328,21 @@ def _pinned(
             h.remove()
 
 
+def _direct(plan: Plan, caps: Grads) -> None:
+    """The frontier nodes W runs without the engine (:mod:`pipeblocks.runtime.direct`); a
+    node with a hooked parameter goes to the engine, so that its hooks see the gradient."""
+    edges = plan.edges
+    with torch.no_grad():
+        for i, run, ps in plan.shape.direct:
+            g = caps[i]
+            if g is None:
+                continue
+            if hooked(ps):
+                engine_backward([edges[i]], [g], ps, accumulate=True)
+            else:
+                run(edges[i].node, g, ps)
+
+
 Level = tuple[tuple[tuple[int, tuple[int, ...]], ...], tuple[nn.Parameter, ...]]
 
 
@@ -335,8 +362,8 @@ def _merge(shapes: tuple[Shape, ...]) -> tuple[Level, ...]:
 
 class WeightPass:
     """W: run the parameter branches of one microbatch's segments from their captured
-    gradients, into ``.grad``: one engine call per level over every segment, one per merged
-    group. The merge of the levels is kept per combination of shapes (at most ``capacity``).
+    gradients, into ``.grad``: the direct nodes without the engine, then one engine call per
+    level over every segment, one per merged group. The merge of the levels is kept per combination of shapes (at most ``capacity``).
     """
 
     def __init__(self, capacity: int = 8) -> None:
@@ -353,6 +380,8 @@ class WeightPass:
         for p, c in zip(plans, caps, strict=True):
             for nodes, ps in p.shape.pinned:
                 _pinned(nodes, ps, p.edges, c)
+            if p.shape.direct:
+                _direct(p, c)
         for parts, params in levels:
             roots: list[GradientEdge] = []
             grads: list[torch.Tensor] = []

@@ -7,8 +7,9 @@
   way it captures the gradient arriving at each *frontier* node, found by one
   :class:`~pipeblocks.runtime.frontier.Planner` per segment (each graph shape is analysed
   once: the note "plan cache" of :mod:`pipeblocks.runtime.frontier`).
-- **W** feeds the captured gradients back and runs only the parameter branches, accumulating
-  into ``.grad``. Nothing on the input path runs twice.
+- **W** runs only the parameter branches from the captured gradients, accumulating into
+  ``.grad``: a linear layer's or layer norm's weight gradient straight from the saved tensors,
+  any other branch through the engine. Nothing on the input path runs twice.
 - **BW** is the ordinary fused backward.
 
 Note "segments": a split stage whose module is an ``nn.Sequential`` runs each child on the
@@ -18,11 +19,12 @@ W's calls would walk every layer below its frontier node (quadratic in the depth
 stage), with them it walks only its own block.
 
 Note "cost": B + W takes more CPU than BW by about a fixed amount per block, not per FLOP, so
-the ratio falls as blocks grow (benchmarks/bench_split.py measures it). W makes one engine
-call per frontier level (six for a transformer block; the levels of all segments are merged),
-each with its own set-up and walk of the graph below its frontier nodes; every frontier node
-runs twice (its input side in B, its parameter side in W); and B walks each graph once in
-Python to find the frontier.
+the ratio falls as blocks grow (benchmarks/bench_split.py measures it). B walks each graph
+once in Python to find the frontier (about 50 us per transformer block: the largest share at
+small sizes) and makes one engine call per segment; W's kernels run apart from B's, on
+operands that have left the cache; and the frontier nodes W cannot compute itself
+(:mod:`pipeblocks.runtime.direct`) cost one engine call per frontier level, each with its own
+set-up and walk of the graph below its frontier nodes.
 
 The first stage has no input gradient: what B can do there (the gradient through the blocks
 above the embedding) it does, and W does the rest. A microbatch's activations are dropped as

@@ -195,8 +195,11 @@ class _Count(TorchDispatchMode):
         self.ops: Counter[str] = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
-        # in-place and out-of-place adds both sum gradients (into .grad or a buffer)
-        self.ops[func.overloadpacket.__name__.rstrip("_")] += 1
+        # in-place and out-of-place adds both sum gradients (into .grad or a buffer); W's
+        # addmm_ (a weight gradient accumulated into .grad in one kernel) is a matmul and an add
+        name = func.overloadpacket.__name__.rstrip("_")
+        for part in ("mm", "add") if name == "addmm" else (name,):
+            self.ops[part] += 1
         return func(*args, **(kwargs or {}))
 
 
