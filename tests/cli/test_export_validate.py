@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from clikit import run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,16 +19,6 @@ from pipeblocks.cli.main import build_parser, main
 from pipeblocks.generators import generate, names
 from pipeblocks.ir import grid
 from pipeblocks.ir.formats import json_io, load, torch_csv
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """main(argv) as the console script runs it: (exit code, stdout, stderr)."""
-    try:
-        code = main(list(argv))
-    except SystemExit as e:  # argparse's own exits (usage errors, --help)
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line(err: str) -> str:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import pytest
+from clikit import last_json, run
 
 from pipeblocks.cli.main import main
 from pipeblocks.cli.search import ProgressBar
@@ -14,16 +14,6 @@ from pipeblocks.ir import validate
 from pipeblocks.ir.formats import load
 from pipeblocks.search import Budget, search
 from pipeblocks.sim import UniformCosts
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def last_json(out: str) -> dict:  # type: ignore[type-arg]
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def test_search_objective_bubble(capsys: pytest.CaptureFixture[str]) -> None:

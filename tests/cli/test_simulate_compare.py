@@ -6,20 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from clikit import last_json, run
 
 from pipeblocks.cli.main import main
 from pipeblocks.generators import generate, names
 from pipeblocks.sim import UniformCosts, load_costs, simulate
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def last_json(out: str) -> dict:  # type: ignore[type-arg]
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def test_simulate_json_fields(capsys: pytest.CaptureFixture[str]) -> None:
