@@ -124,10 +124,13 @@ class Planner:
     ``param_ids``: ``id`` of every parameter the graphs may reach (the stage's; the caller
     keeps them alive, so an id cannot be reused). At most ``capacity`` shapes are kept, the
     oldest dropped first. ``hits`` and ``misses`` count the plans served from it or analysed.
+    ``direct=False`` leaves every frontier node to the engine (see :class:`~pipeblocks.runtime.
+    stage.Stage` for when that is needed).
     """
 
-    def __init__(self, param_ids: set[int], capacity: int = 8) -> None:
+    def __init__(self, param_ids: set[int], capacity: int = 8, direct: bool = True) -> None:
         self.param_ids = param_ids
+        self.direct = direct
         self.capacity = capacity
         self.hits = 0
         self.misses = 0
@@ -143,7 +146,8 @@ class Planner:
         shape = self._shapes.get(key)
         if shape is None:
             self.misses += 1
-            shape = _analyse(top, inp, self.param_ids, {n: i for i, n in enumerate(nodes)})
+            shape = _analyse(top, inp, self.param_ids, {n: i for i, n in enumerate(nodes)},
+                             self.direct)
             if len(self._shapes) >= self.capacity:
                 del self._shapes[next(iter(self._shapes))]
             self._shapes[key] = shape
@@ -186,14 +190,18 @@ def _walk(top: Node, inp: torch.Tensor, param_ids: set[int]) -> tuple[list[Node]
     return nodes, sig
 
 
-def _analyse(top: Node, inp: torch.Tensor, param_ids: set[int], pos: dict[Node, int]) -> Shape:
+def _analyse(
+    top: Node, inp: torch.Tensor, param_ids: set[int], pos: dict[Node, int], own_w: bool = True
+) -> Shape:
     """Find the frontier of the graph below ``top``, by the positions ``pos`` of its nodes.
 
     One post-order pass: a node is *on the path* when it leads to ``inp``; a node off the
     path *reaches* the parameters below it. A node on the path with a child off the path that
     reaches parameters is a frontier node; its *level* is the largest number of frontier
     nodes below it on the path, so a frontier node never sits on the input path of another
-    one of its level. Frontier nodes whose parameter sets overlap merge into one group.
+    one of its level. Frontier nodes whose parameter sets overlap merge into one group. With
+    ``own_w``, a single-node group of a plain kind gets its direct recipe
+    (:func:`pipeblocks.runtime.direct.recipe`) and no level.
     """
     seen: dict[Node, tuple[bool, int, frozenset[int]]] = {}  # on path, level, reach
     front: dict[Node, frozenset[int]] = {}
@@ -286,7 +294,8 @@ def _analyse(top: Node, inp: torch.Tensor, param_ids: set[int], pos: dict[Node, 
             slots.extend((pos[node], i) for i in range(n_in))
             per_node.append(tuple(range(first, len(slots))))
         ps_list = tuple(params[p] for p in sorted(pids))
-        how = recipe(nodes[0], pids) if len(nodes) == 1 and len(per_node[0]) == 1 else None
+        how = (recipe(nodes[0], pids)
+               if own_w and len(nodes) == 1 and len(per_node[0]) == 1 else None)
         if how is not None:
             direct.append((per_node[0][0], kernel(how[0]), how[1]))
         elif len(nodes) == 1:

@@ -91,6 +91,12 @@ class Stage:
     """Stage ``stage`` of ``num_stages`` wrapping ``module``; ``loss_fn`` serves the last one.
 
     ``split=False`` makes B the fused backward and W a no-op; ``unsplit_reason`` is logged.
+
+    ``direct``: W computes plain linear and layer-norm weight gradients itself
+    (:mod:`pipeblocks.runtime.direct`). It sees the hooks registered on a parameter tensor,
+    not those registered on its ``AccumulateGrad`` node (from C++, or ``Node.register_hook``),
+    so pass ``direct=False`` when something relies on those; it is off by itself when the
+    module holds a ``DistributedDataParallel`` (whose reducer hooks that node).
     """
 
     def __init__(
@@ -101,6 +107,7 @@ class Stage:
         loss_fn: LossFn | None = None,
         split: bool = True,
         unsplit_reason: str = "",
+        direct: bool = True,
     ) -> None:
         self.module = module
         self.stage = stage
@@ -114,7 +121,9 @@ class Stage:
         # every segment looks for all of the stage's parameters: a child may use another's
         self._params = [p for p in module.parameters() if p.requires_grad]
         param_ids = {id(p) for p in self._params}
-        self._planners = [Planner(param_ids) for _ in self._parts]  # one per segment
+        self.direct = direct and not any(
+            isinstance(m, nn.parallel.DistributedDataParallel) for m in module.modules())
+        self._planners = [Planner(param_ids, direct=self.direct) for _ in self._parts]
         self._weight_pass = WeightPass()
         self._pending: dict[int, _Pending] = {}
 

@@ -252,3 +252,67 @@ def test_hooked_parameters_see_their_gradient_once() -> None:
         torch.testing.assert_close(got, ref)
     torch.testing.assert_close(seen["b"][1], want["bias"])
     torch.testing.assert_close(lin.weight.grad, want["weight"])
+
+
+def test_direct_off_leaves_every_node_to_the_engine() -> None:
+    """Stage(direct=False): no direct recipe, W through the engine, the same gradients; a node
+    hook on a parameter's AccumulateGrad (invisible to the direct path) then runs."""
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 2)
+    acc = lin.weight.view_as(lin.weight).grad_fn.next_functions[0][0]
+    calls: list[int] = []
+    handle = acc.register_hook(lambda *_: calls.append(1))
+    x, gy = torch.randn(4, 3), torch.randn(4, 2)
+    _, want = _grads_plain(lin, [x], [gy])
+    calls.clear()
+    st_ = Stage(lin, 1, 3, direct=False)
+    st_.forward(0, x)
+    st_.backward_input(0, gy)
+    assert st_._pending[0].segments[0].plan.shape.direct == ()
+    st_.backward_weight(0)
+    handle.remove()
+    assert calls == [1]
+    torch.testing.assert_close(lin.weight.grad, want["weight"])
+    torch.testing.assert_close(lin.bias.grad, want["bias"])
+
+
+def test_a_ddp_module_keeps_its_reducer_hooks(tmp_path) -> None:
+    """A stage holding DistributedDataParallel (gloo, one process) turns the direct path off,
+    so DDP's reducer, which hooks each parameter's AccumulateGrad node, sees every gradient:
+    its communication hook (called once a bucket's gradients are all in) runs in each W, and
+    the gradients are plain autograd's."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0,
+                            world_size=1, timeout=__import__("datetime").timedelta(seconds=30))
+    try:
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+        ddp = DistributedDataParallel(net)
+        reduced: list[int] = []
+
+        def hook(state, bucket):  # type: ignore[no-untyped-def]  # DDP reads real annotations
+            reduced.append(1)
+            fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+            fut.set_result(bucket.buffer())
+            return fut
+
+        ddp.register_comm_hook(None, hook)
+        st_ = Stage(ddp, 1, 3)
+        assert not st_.direct
+        for step in range(2):
+            x, gy = torch.randn(5, 3), torch.randn(5, 2)
+            ref = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+            ref.load_state_dict(net.state_dict())
+            ref(x).backward(gy)
+            net.zero_grad(set_to_none=True)
+            st_.forward(0, x)
+            st_.backward_input(0, gy)
+            assert len(reduced) == step, "B reduced a weight gradient"
+            st_.backward_weight(0)
+            assert len(reduced) == step + 1, "W's gradients did not reach DDP's reducer"
+            for (name, p), q in zip(net.named_parameters(), ref.parameters(), strict=True):
+                torch.testing.assert_close(p.grad, q.grad, msg=name)
+    finally:
+        dist.destroy_process_group()
