@@ -16,6 +16,9 @@ node and the parameter, and the node's parameter set is exactly those parameters
 ``AccumulateGrad`` would (set if ``.grad`` is None, else added in place). A parameter with a
 hook (``register_hook``, ``register_post_accumulate_grad_hook``) must see its gradient through
 the engine, so :func:`run` declines (returns False) and W asks the engine for that node.
+Hooks on the parameter's ``AccumulateGrad`` node (from C++, as ``DistributedDataParallel``'s
+reducer registers them) are invisible here: the stage turns this path off for them
+(:class:`~pipeblocks.runtime.stage.Stage`, ``direct``).
 
     >>> import torch
     >>> lin = torch.nn.Linear(3, 2)
