@@ -12,10 +12,10 @@ parameter branch is exactly the plain pattern, and leaves every other node to th
 pattern holds: every off-path child is the parameter's own ``AccumulateGrad`` (through one
 transpose for a linear layer's weight), so that no cast, view or other op sits between the
 node and the parameter, and the node's parameter set is exactly those parameters.
-:func:`run` then computes each gradient from the saved tensors and accumulates it as
+:func:`kernel` then computes each gradient from the saved tensors and accumulates it as
 ``AccumulateGrad`` would (set if ``.grad`` is None, else added in place). A parameter with a
-hook (``register_hook``, ``register_post_accumulate_grad_hook``) must see its gradient through
-the engine, so :func:`run` declines (returns False) and W asks the engine for that node.
+hook (``register_hook``, ``register_post_accumulate_grad_hook``; :func:`hooked`) must see its
+gradient through the engine, so W asks the engine for that node.
 Hooks on the parameter's ``AccumulateGrad`` node (from C++, as ``DistributedDataParallel``'s
 reducer registers them) are invisible here: the stage turns this path off for them
 (:class:`~pipeblocks.runtime.stage.Stage`, ``direct``).
@@ -27,9 +27,9 @@ reducer registers them) are invisible here: the stage turns this path off for th
     >>> kind, params = recipe(node, {id(q) for q in lin.parameters()})
     >>> kind, [tuple(q.shape) for q in params]
     ('addmm', [(2, 3), (2,)])
+    >>> with torch.no_grad():
+    ...     kernel(kind)(node, torch.ones(4, 2), params)
     >>> g = torch.ones(4, 2)
-    >>> run(kind, node, g, params)
-    True
     >>> torch.allclose(lin.weight.grad, g.t() @ x.detach()), lin.bias.grad.tolist()
     (True, [4.0, 4.0])
 """
@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from torch.autograd.graph import Node
 
-__all__ = ["recipe", "run", "kernel", "hooked", "Kernel"]
+__all__ = ["recipe", "kernel", "hooked", "Kernel"]
 
 _ACC = "AccumulateGrad"
 
@@ -67,7 +67,7 @@ def recipe(node: Node, group: set[int]) -> tuple[str, tuple[nn.Parameter, ...]] 
     """How to run ``node``'s parameter side directly, or None to leave it to the engine.
 
     ``group``: ids of the parameters the node's off-path children reach (its frontier group).
-    The kind names the node; the parameters are in the order :func:`run` fills them.
+    The kind names the node's :func:`kernel`; the parameters are in the order it fills them.
     """
     kind = type(node).__name__
     kids = [c for c, _ in node.next_functions]
@@ -161,15 +161,3 @@ def kernel(kind: str) -> Kernel:
 def hooked(params: tuple[nn.Parameter, ...]) -> bool:
     """Whether a parameter has a hook, so that its gradient must go through the engine."""
     return any(_hooked(p) for p in params)
-
-
-def run(kind: str, node: Node, g: torch.Tensor, params: tuple[nn.Parameter, ...]) -> bool:
-    """Accumulate ``params``' gradients from ``g``, the gradient at ``node``'s output.
-
-    False (nothing done) when a parameter has a hook: the engine must run that node.
-    """
-    if hooked(params):
-        return False
-    with torch.no_grad():
-        _RUN[kind](node, g, params)
-    return True
