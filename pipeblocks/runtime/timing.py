@@ -4,7 +4,9 @@
 stages before it) and reports medians of ``time.thread_time`` (immune to other processes on a
 busy machine): F, the split B and W, the fused backward, and the input path alone (the least B
 can cost; BW minus it is the least W can cost), so that ``(b + w) / bw`` is the cost of the
-B/W split. ``python -m pipeblocks.runtime.timing`` prints it for the small GPT.
+B/W split. ``python -m pipeblocks.runtime.timing`` prints it for the small GPT (``--json``
+for scripts; ``--engine-w`` runs W through autograd engine calls only, without the direct
+kernels of :mod:`pipeblocks.runtime.direct`, to compare the two).
 
     >>> from pipeblocks.models.gpt import GPTConfig, TinyGPT
     >>> cfg = GPTConfig(vocab=32, seq=8, dim=16, heads=2, layers=2)
@@ -16,10 +18,11 @@ B/W split. ``python -m pipeblocks.runtime.timing`` prints it for the small GPT.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -55,8 +58,10 @@ def time_stages(
     microbatch: int = 4,
     reps: int = 30,
     layout: Sequence[int] | None = None,
+    direct: bool = True,
 ) -> list[PassTimes]:
-    """F, B, W and BW times of every stage of the small GPT split into ``num_stages``."""
+    """F, B, W and BW times of every stage of the small GPT split into ``num_stages``
+    (``direct``: W's direct kernels on, as :class:`~pipeblocks.runtime.stage.Stage` has them)."""
     parts = split(model, num_stages, layout or ends_layout(cfg.layers, num_stages))
     tokens, targets = synthetic_batch(cfg, microbatch)
     inputs = [tokens]
@@ -66,7 +71,7 @@ def time_stages(
     out = []
     for s, part in enumerate(parts):
         fused = Stage(part, s, num_stages, lm_loss, split=False)
-        split_ = Stage(part, s, num_stages, lm_loss, split=True)
+        split_ = Stage(part, s, num_stages, lm_loss, split=True, direct=direct)
         grad = None if s == num_stages - 1 else torch.full_like(inputs[s + 1], 1e-3)
         f, b, w, bw, inp = [], [], [], [], []
         for _ in range(reps + 3):  # alternate, so that drifts hit both alike
@@ -109,18 +114,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--microbatch-size", type=int, default=4)
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--engine-w", action="store_true",
+                   help="W through autograd engine calls only (no direct kernels), to compare")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = GPTConfig(seq=args.seq, dim=args.dim, heads=args.heads, layers=args.layers)
-    rows = time_stages(TinyGPT(cfg), args.stages, cfg, args.microbatch_size, args.reps)
+    rows = time_stages(TinyGPT(cfg), args.stages, cfg, args.microbatch_size, args.reps,
+                       direct=not args.engine_w)
+    total = sum(r.b + r.w for r in rows) / sum(r.bw for r in rows)
+    if args.json:
+        print(json.dumps({
+            "model": {"dim": cfg.dim, "seq": cfg.seq, "layers": cfg.layers, "heads": cfg.heads},
+            "microbatch": args.microbatch_size, "stages": args.stages, "reps": args.reps,
+            "w": "engine" if args.engine_w else "direct", "unit": "CPU ms, median",
+            "rows": [{**asdict(r), "split_over_fused": r.split_over_fused} for r in rows],
+            "split_over_fused": total,
+        }))
+        return 0
     print(f"small GPT dim={cfg.dim} seq={cfg.seq} layers={cfg.layers} microbatch="
-          f"{args.microbatch_size}, {args.stages} stages; median CPU ms over {args.reps} reps")
+          f"{args.microbatch_size}, {args.stages} stages; median CPU ms over {args.reps} reps; "
+          f"W {'through engine calls' if args.engine_w else 'with its direct kernels'}")
     print(f"{'stage':>5} {'F':>8} {'B':>8} {'W':>8} {'B+W':>8} {'BW':>8} {'(B+W)/BW':>9} "
           f"{'input path':>10}")
     for r in rows:
         print(f"{r.stage:>5} {r.f:8.3f} {r.b:8.3f} {r.w:8.3f} {r.b + r.w:8.3f} {r.bw:8.3f} "
               f"{r.split_over_fused:9.3f} {r.input_only:10.3f}")
-    total = sum(r.b + r.w for r in rows) / sum(r.bw for r in rows)
     print(f"all stages: (B+W)/BW = {total:.3f}")
     return 0
 
