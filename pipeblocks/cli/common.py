@@ -57,14 +57,18 @@ def finite_float(minimum: float = 0.0, *, strict: bool = False) -> Callable[[str
     return parse
 
 
-def add_spec_args(parser: argparse.ArgumentParser, *, name: bool = True) -> None:
-    """NAME -p P -m M [--stages-per-rank V]."""
+def add_spec_args(
+    parser: argparse.ArgumentParser, *, name: bool = True, required: bool = True
+) -> None:
+    """NAME -p P -m M [--stages-per-rank V]; ``required=False``: -p and -m may be left out
+    (a command that also takes a schedule file, :mod:`pipeblocks.cli.source`)."""
     if name:
         parser.add_argument("name", metavar="NAME", help="generator name (see `pipeblocks list`)")
-    parser.add_argument("-p", "--ranks", dest="p", type=positive_int, required=True,
-                        help="number of pipeline ranks (devices)")
-    parser.add_argument("-m", "--microbatches", dest="m", type=positive_int, required=True,
-                        help="number of microbatches per step")
+    note = "" if required else " (with NAME)"
+    parser.add_argument("-p", "--ranks", dest="p", type=positive_int, required=required,
+                        help=f"number of pipeline ranks, one per device{note}")
+    parser.add_argument("-m", "--microbatches", dest="m", type=positive_int, required=required,
+                        help=f"number of microbatches per step{note}")
     parser.add_argument("--stages-per-rank", dest="v", type=positive_int, default=None,
                         help="model chunks per rank (default: what the generator needs)")
 

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from pipeblocks.cli.common import positive_int
+from pipeblocks.cli.common import add_spec_args
 from pipeblocks.errors import SpecError
 from pipeblocks.generators import generate
 from pipeblocks.ir import Schedule
@@ -28,12 +28,7 @@ def add_source_args(parser: argparse.ArgumentParser, *, verb: str) -> None:
     parser.add_argument("--schedule", metavar="FILE", default=None,
                         help=f"{verb} a schedule file (PyTorch CSV or pipeblocks JSON) instead "
                         f"of NAME")
-    parser.add_argument("-p", "--ranks", dest="p", type=positive_int, default=None,
-                        help="number of pipeline ranks (with NAME)")
-    parser.add_argument("-m", "--microbatches", dest="m", type=positive_int, default=None,
-                        help="number of microbatches per step (with NAME)")
-    parser.add_argument("--stages-per-rank", dest="v", type=positive_int, default=None,
-                        help="model chunks per rank (default: what the generator needs)")
+    add_spec_args(parser, name=False, required=False)
     parser.add_argument("--placement", choices=("loop", "v"), default=None,
                         help="with --schedule FILE.csv: the stage placement, which PyTorch "
                         "CSVs do not store")
