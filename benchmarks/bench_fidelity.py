@@ -55,8 +55,8 @@ def worker(config: dict[str, Any]) -> int:
 
     from pipeblocks.generators import generate
     from pipeblocks.models.gpt import GPTConfig, TinyGPT, lm_loss, synthetic_batch
-    from pipeblocks.models.split import ends_layout, split
     from pipeblocks.runtime import EmulatedStage, Executor
+    from pipeblocks.runtime.split import ends_layout, split
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -131,8 +131,8 @@ def profiled_costs(num_stages: int, reps: int = 20, idle_ms: float = 0.0) -> dic
     import torch
 
     from pipeblocks.models.gpt import GPTConfig, TinyGPT, lm_loss, synthetic_batch
-    from pipeblocks.models.split import ends_layout, split
     from pipeblocks.runtime.profile import profile_stages
+    from pipeblocks.runtime.split import ends_layout, split
 
     torch.set_num_threads(1)
     cfg = GPTConfig(**MODEL)

@@ -37,7 +37,7 @@ STAGES = 4
 
 def _parts(dim: int, heads: int, seq: int) -> tuple[Any, Any]:
     from pipeblocks.models.gpt import GPTConfig, TinyGPT
-    from pipeblocks.models.split import ends_layout, split
+    from pipeblocks.runtime.split import ends_layout, split
 
     cfg = GPTConfig(vocab=256, seq=seq, dim=dim, heads=heads, layers=8)
     return cfg, split(TinyGPT(cfg, seed=0), STAGES, ends_layout(cfg.layers, STAGES))

@@ -164,8 +164,8 @@ def _case_pair(name: str, case: dict[str, Any], rank: int, P: int, pt_group: Any
     from pipeblocks.ir.formats import torch_csv
     from pipeblocks.ir.spec import Placement
     from pipeblocks.models.gpt import GPTConfig, TinyGPT, lm_loss, synthetic_batch
-    from pipeblocks.models.split import ends_layout, split
     from pipeblocks.runtime import EmulatedStage, Executor
+    from pipeblocks.runtime.split import ends_layout, split
 
     cls_name, v, placement = PAIRS[name]
     m, S = case["m"], P * v

@@ -31,12 +31,12 @@ from pipeblocks.cli.train import add_train_args
 from pipeblocks.errors import PipeblocksError, SpecError
 from pipeblocks.ir import Schedule, validate
 from pipeblocks.models.gpt import GPTConfig, TinyGPT, lm_loss, synthetic_batch
-from pipeblocks.models.split import ends_layout, split
 from pipeblocks.runtime import checkpoint
 from pipeblocks.runtime.emulate import EmulatedStage
 from pipeblocks.runtime.executor import Executor
 from pipeblocks.runtime.faults import Guard, RankFailure, write_error
 from pipeblocks.runtime.p2p import one_way_ms
+from pipeblocks.runtime.split import ends_layout, split
 
 __all__ = ["main", "build_parser", "check_args", "load_schedule", "model_config", "layout_of"]
 

@@ -1,7 +1,7 @@
 """A small GPT (embedding, N pre-norm transformer blocks, head) and deterministic synthetic data.
 
 Used by the demo, the runtime tests and the benchmarks. :meth:`TinyGPT.parts` gives the model
-as a flat list (embedding, blocks..., head) for :func:`pipeblocks.models.split.split`, which
+as a flat list (embedding, blocks..., head) for :func:`pipeblocks.runtime.split.split`, which
 puts the embedding in stage 0 and the head (and so the loss) in the last stage.
 
     >>> cfg = GPTConfig(vocab=64, seq=8, dim=16, heads=2, layers=2)

@@ -5,7 +5,9 @@
 - :func:`launch`: start P local rank processes (the store host, faults never hang).
 - :class:`Guard` / :class:`RankFailure`: the per-rank watchdog and the error it raises.
 - :class:`EmulatedStage`: passes that sleep a fixed time (measure overhead vs the simulator).
-- :mod:`pipeblocks.runtime.timing`: per-stage F, B, W, BW CPU times of the small GPT.
+- :func:`~pipeblocks.runtime.profile.profile_stages`: per-stage F, B, W, BW times and memory.
+- :func:`~pipeblocks.runtime.split.split`: a sequence of layers into stages (``even_layout``,
+  ``ends_layout``).
 
 See docs/runtime.md.
 

@@ -33,7 +33,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -99,6 +99,28 @@ class StepResult:
     def loss(self) -> float | None:
         """The batch loss: the mean over microbatches (None off the loss rank)."""
         return None if self.losses is None else sum(self.losses) / len(self.losses)
+
+
+@dataclass(slots=True)
+class _StepState:
+    """What one step carries from pass to pass on this rank."""
+
+    inputs: list[torch.Tensor]
+    targets: list[torch.Tensor | None]
+    scale: float  # each microbatch's loss is scaled by 1/m, so gradients are the batch mean's
+    start: float
+    posted: dict[Transfer, tuple[Any, torch.Tensor]] = field(default_factory=dict)  # receives
+    outbox: dict[Transfer, torch.Tensor] = field(default_factory=dict)  # outputs to send
+    local: dict[tuple[Payload, int, int], torch.Tensor] = field(default_factory=dict)  # V turn
+    batch: list[tuple[Comm, Post]] = field(default_factory=list)  # queued, not yet posted
+    sends: list[tuple[Any, Comm, torch.Tensor]] = field(default_factory=list)  # in flight
+    losses: dict[int, torch.Tensor] = field(default_factory=dict)
+    held: dict[tuple[int, int], int] = field(default_factory=dict)  # (stage, mb) -> bytes
+    live: int = 0
+    peak: int = 0
+    trace: list[tuple[str, float, float, float]] = field(default_factory=list)
+    ready: float = 0.0  # when the running pass's input arrived
+    peer: tuple[int, str] | None = None  # the rank and message this rank is blocked on
 
 
 def check_stages(schedule: Schedule, rank: int, stages: Mapping[int, Any]) -> None:
@@ -203,140 +225,139 @@ class Executor:
                 f"{self._mb_shape}; every step needs the same batch size (drop the last, "
                 f"partial batch)"
             )
-        start = time.perf_counter()
-        losses, peak, trace = self._run(inputs, tgts, start)
+        st = _StepState(inputs, tgts, 1.0 / m, time.perf_counter())
+        losses = self._run(st)
         if self.optimizer is not None:
             self._where("optimizer step")
             self.optimizer.step()
         self.steps += 1
-        return StepResult(self.rank, losses, start, time.perf_counter(), peak, tuple(trace))
+        return StepResult(self.rank, losses, st.start, time.perf_counter(), st.peak,
+                          tuple(st.trace))
 
     # -- the program -------------------------------------------------------------------------
+    # One step walks this rank's lowered ops in order: a run of send/recv ops is queued and
+    # posted as one batch when the next pass starts (``_flush``); each pass takes its input
+    # (``_inbound``), runs, and hands its output on (``_outbound``).
 
-    def _run(
-        self, inputs: list[torch.Tensor], targets: list[torch.Tensor | None], start: float
-    ) -> tuple[tuple[float, ...] | None, int, list[tuple[str, float, float, float]]]:
-        spec, me, S = self.spec, self.rank, self.spec.num_stages
-        scale = 1.0 / spec.num_microbatches
-        posted: dict[Transfer, tuple[Any, torch.Tensor]] = {}
-        outbox: dict[Transfer, torch.Tensor] = {}
-        local: dict[tuple[Payload, int, int], torch.Tensor] = {}  # V turn hand-overs
-        sends: list[tuple[Any, Comm, torch.Tensor]] = []  # the tensor lives until sent
-        batch: list[tuple[Comm, Post]] = []
-        losses: dict[int, torch.Tensor] = {}
-        held: dict[tuple[int, int], int] = {}
-        live = peak = 0
-        trace: list[tuple[str, float, float, float]] = []
-        ready = 0.0
+    def _run(self, st: _StepState) -> tuple[float, ...] | None:
         op: Any = None
-
-        def flush() -> None:
-            if not batch:
-                return
-            assert self.p2p is not None
-            works = self.p2p.post([post for _, post in batch])
-            for (comm, post), work in zip(batch, works, strict=True):
-                if comm.op is CommOp.SEND:
-                    sends.append((work, comm, post.tensor))
-                else:
-                    posted[comm.transfer] = (work, post.tensor)
-            batch.clear()
-
-        peer: list[Any] = [None]  # (rank, what) while blocked on a message
-
-        def take(t: Transfer) -> torch.Tensor:
-            nonlocal ready
-            work, buf = posted.pop(t)
-            src = spec.rank_of(t.src_stage)
-            what = f"{t} from rank {src}"
-            peer[0] = (src, what)
-            with self._waiting(what, src):
-                work.wait()
-            peer[0] = None
-            ready = time.perf_counter()
-            return buf
-
-        def give(t: Transfer, tensor: torch.Tensor) -> None:
-            if spec.rank_of(t.dst_stage) == me:
-                local[(t.payload, t.src_stage, t.mb)] = tensor
-            else:
-                outbox[t] = tensor
-
         try:
             for op in self.program:
                 if isinstance(op, Comm):
-                    t = op.transfer
-                    if op.op is CommOp.SEND:
-                        post = Post(True, outbox.pop(t), op.peer, tag_of(t, S))
-                    else:
-                        shape, dtype = self._meta[t.dst_stage if t.payload is Payload.ACT
-                                                  else t.src_stage]
-                        buf = torch.empty(shape, dtype=dtype, device=self.device)
-                        post = Post(False, buf, op.peer, tag_of(t, S))
-                    batch.append((op, post))
+                    self._queue(st, op)
                     continue
-                flush()
-                a: Action = op
-                s, j = a.stage, a.mb
-                runner = self.runners[s]
-                self._where(str(a))
-                t0 = ready = time.perf_counter()
-                if a.kind is Pass.F:
-                    if s == 0:
-                        x = inputs[j]
-                    elif spec.rank_of(s - 1) == me:
-                        x = local.pop((Payload.ACT, s - 1, j))
-                    else:
-                        x = take(Transfer(Payload.ACT, s - 1, s, j))
-                    if self.measure_memory:
-                        with _saved_bytes(self._param_ptrs) as counter:
-                            out = runner.forward(j, x, targets[j], scale)
-                        held[(s, j)] = counter[0]
-                        live += counter[0]
-                        peak = max(peak, live)
-                    else:
-                        out = runner.forward(j, x, targets[j], scale)
-                    if s == S - 1:
-                        losses[j] = out
-                    else:
-                        give(Transfer(Payload.ACT, s, s + 1, j), out)
-                elif a.kind is Pass.W:
-                    runner.backward_weight(j)
-                    live -= held.pop((s, j), 0)
+                self._flush(st)
+                self._where(str(op))
+                t0 = st.ready = time.perf_counter()
+                if op.kind is Pass.F:
+                    self._forward(st, op)
+                elif op.kind is Pass.W:
+                    self._weight(st, op)
                 else:
-                    if s == S - 1:
-                        g = None
-                    elif spec.rank_of(s + 1) == me:
-                        g = local.pop((Payload.GRAD, s + 1, j))
-                    else:
-                        g = take(Transfer(Payload.GRAD, s + 1, s, j))
-                    if a.kind is Pass.B:
-                        gx = runner.backward_input(j, g)
-                    else:
-                        gx = runner.backward(j, g)
-                        live -= held.pop((s, j), 0)
-                    if s > 0:
-                        assert gx is not None
-                        give(Transfer(Payload.GRAD, s, s - 1, j), gx)
+                    self._backward(st, op)
                 if self.record:
-                    trace.append(
-                        (str(a), t0 - start, ready - start, time.perf_counter() - start))
-            flush()
-            self._where("the end of the step (sends completing)")
-            for work, comm, _ in sends:
-                what = f"{comm.transfer} to rank {comm.peer} to complete"
-                peer[0] = (comm.peer, what)
-                with self._waiting(what, comm.peer):
-                    work.wait()
+                    now = time.perf_counter()
+                    st.trace.append((str(op), t0 - st.start, st.ready - st.start, now - st.start))
+            self._flush(st)
+            self._complete_sends(st)
         except RankFailure:
             raise
         except Exception as e:
             where = op_text(op) if op is not None else "the step"
-            raise self._failure(where, e, peer[0]) from e
-        mb_losses = None
-        if losses:
-            mb_losses = tuple(float(losses[j]) for j in range(spec.num_microbatches))
-        return mb_losses, peak, trace
+            raise self._failure(where, e, st.peer) from e
+        if not st.losses:
+            return None
+        return tuple(float(st.losses[j]) for j in range(self.spec.num_microbatches))
+
+    def _forward(self, st: _StepState, a: Action) -> None:
+        s, j, runner = a.stage, a.mb, self.runners[a.stage]
+        x = st.inputs[j] if s == 0 else self._inbound(st, Payload.ACT, s - 1, s, j)
+        if self.measure_memory:
+            with _saved_bytes(self._param_ptrs) as counter:
+                out = runner.forward(j, x, st.targets[j], st.scale)
+            st.held[(s, j)] = counter[0]
+            st.live += counter[0]
+            st.peak = max(st.peak, st.live)
+        else:
+            out = runner.forward(j, x, st.targets[j], st.scale)
+        if s == self.spec.num_stages - 1:
+            st.losses[j] = out
+        else:
+            self._outbound(st, Transfer(Payload.ACT, s, s + 1, j), out)
+
+    def _backward(self, st: _StepState, a: Action) -> None:
+        """B (input gradient only) or BW (both); the last stage's root is its loss."""
+        s, j, runner = a.stage, a.mb, self.runners[a.stage]
+        last = s == self.spec.num_stages - 1
+        g = None if last else self._inbound(st, Payload.GRAD, s + 1, s, j)
+        if a.kind is Pass.B:
+            gx = runner.backward_input(j, g)
+        else:
+            gx = runner.backward(j, g)
+            st.live -= st.held.pop((s, j), 0)
+        if s > 0:
+            assert gx is not None
+            self._outbound(st, Transfer(Payload.GRAD, s, s - 1, j), gx)
+
+    def _weight(self, st: _StepState, a: Action) -> None:
+        self.runners[a.stage].backward_weight(a.mb)
+        st.live -= st.held.pop((a.stage, a.mb), 0)
+
+    # -- transfers ---------------------------------------------------------------------------
+
+    def _inbound(self, st: _StepState, payload: Payload, src: int, dst: int, j: int
+                 ) -> torch.Tensor:
+        """The tensor a pass needs: handed over in memory (the V turn) or received."""
+        if self.spec.rank_of(src) == self.rank:
+            return st.local.pop((payload, src, j))
+        t = Transfer(payload, src, dst, j)
+        work, buf = st.posted.pop(t)
+        peer = self.spec.rank_of(src)
+        what = f"{t} from rank {peer}"
+        st.peer = (peer, what)
+        with self._waiting(what, peer):
+            work.wait()
+        st.peer = None
+        st.ready = time.perf_counter()
+        return buf
+
+    def _outbound(self, st: _StepState, t: Transfer, tensor: torch.Tensor) -> None:
+        """Hand a pass's output on: in memory to a stage on this rank, else to its send op."""
+        if self.spec.rank_of(t.dst_stage) == self.rank:
+            st.local[(t.payload, t.src_stage, t.mb)] = tensor
+        else:
+            st.outbox[t] = tensor
+
+    def _queue(self, st: _StepState, c: Comm) -> None:
+        t = c.transfer
+        if c.op is CommOp.SEND:
+            tensor = st.outbox.pop(t)
+        else:
+            shape, dtype = self._meta[t.dst_stage if t.payload is Payload.ACT else t.src_stage]
+            tensor = torch.empty(shape, dtype=dtype, device=self.device)
+        st.batch.append((c, Post(c.op, tensor, c.peer, tag_of(t, self.spec.num_stages))))
+
+    def _flush(self, st: _StepState) -> None:
+        """Post the queued run of sends and receives as one batch."""
+        if not st.batch:
+            return
+        assert self.p2p is not None
+        works = self.p2p.post([post for _, post in st.batch])
+        for (c, post), work in zip(st.batch, works, strict=True):
+            if c.op is CommOp.SEND:
+                st.sends.append((work, c, post.tensor))  # the tensor lives until sent
+            else:
+                st.posted[c.transfer] = (work, post.tensor)
+        st.batch.clear()
+
+    def _complete_sends(self, st: _StepState) -> None:
+        self._where("the end of the step (sends completing)")
+        for work, c, _ in st.sends:
+            what = f"{c.transfer} to rank {c.peer} to complete"
+            st.peer = (c.peer, what)
+            with self._waiting(what, c.peer):
+                work.wait()
+        st.peer = None
 
     # -- shapes ------------------------------------------------------------------------------
 

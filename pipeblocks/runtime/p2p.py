@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from pipeblocks.errors import SpecError
-from pipeblocks.ir.lowering import Payload, Transfer
+from pipeblocks.ir.lowering import CommOp, Payload, Transfer
 from pipeblocks.ir.spec import PipelineSpec
 
 __all__ = ["tag_of", "handshake_tag", "Post", "P2P", "encode_meta", "decode_meta", "META_LEN",
@@ -75,10 +75,13 @@ def decode_meta(meta: torch.Tensor) -> tuple[tuple[int, ...], torch.dtype]:
 class Post:
     """One non-blocking operation to post: send ``tensor`` to, or receive it from, ``peer``."""
 
-    send: bool
+    op: CommOp
     tensor: torch.Tensor
     peer: int
     tag: int
+
+
+_POST = {CommOp.SEND: dist.isend, CommOp.RECV: dist.irecv}
 
 
 class P2P:
@@ -99,7 +102,7 @@ class P2P:
             return []
         if self.batched:
             p2p = [
-                dist.P2POp(dist.isend if op.send else dist.irecv, op.tensor, op.peer, self.group,
+                dist.P2POp(_POST[op.op], op.tensor, op.peer, self.group,
                            op.tag)
                 for op in ops
             ]
@@ -107,7 +110,7 @@ class P2P:
             return list(works) if len(works) == len(ops) else [works[-1]] * len(ops)
         out = []
         for op in ops:
-            fn = dist.isend if op.send else dist.irecv
+            fn = _POST[op.op]
             work = fn(op.tensor, op.peer, group=self.group, tag=op.tag)
             assert work is not None
             out.append(work)
@@ -146,7 +149,7 @@ def agree_shapes(
             if src != rank:
                 assert p2p is not None
                 buf = torch.empty(META_LEN, dtype=torch.int64, device=device)
-                (work,) = p2p.post([Post(False, buf, src, handshake_tag(s, S, m))])
+                (work,) = p2p.post([Post(CommOp.RECV, buf, src, handshake_tag(s, S, m))])
                 with waiting(f"the shape of stage {s}'s input from rank {src}", src):
                     work.wait()
                 meta[s] = decode_meta(buf)
@@ -158,7 +161,7 @@ def agree_shapes(
         if dst != rank:
             assert p2p is not None
             t = encode_meta(*meta[s + 1]).to(device)  # NCCL sends device tensors only
-            sends += [(w, t) for w in p2p.post([Post(True, t, dst, handshake_tag(s + 1, S, m))])]
+            sends += [(w, t) for w in p2p.post([Post(CommOp.SEND, t, dst, handshake_tag(s + 1, S, m))])]
     for work, _ in sends:
         with waiting("a shape message to be received", -1):
             work.wait()

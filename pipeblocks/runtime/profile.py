@@ -20,8 +20,13 @@ one microbatch whose input is made by the stages before it, through the same
   reference to it, so a holder that is gone after B is memory B released.
 
 :meth:`Profile.costs` is the per-stage costs file (docs/simulator.md) that ``simulate``,
-``search`` and ``draw`` read with ``--costs``; ``pipeblocks profile`` writes it
-(:func:`profile_small_gpt`).
+``search`` and ``draw`` read with ``--costs``; ``pipeblocks profile`` writes it for the small
+GPT (:func:`pipeblocks.models.profile.profile_small_gpt`).
+
+``input_path=True`` also times the input path alone (``autograd.grad`` of the stage's output
+with respect to its input, the whole graph): the least B can cost, so BW minus it is the least
+W can cost, and ``(b + w) / bw`` is what the B/W split costs. ``direct=False`` runs W through
+autograd engine calls only, without the kernels of :mod:`pipeblocks.runtime.direct`.
 
     >>> import torch
     >>> torch.manual_seed(0) and None
@@ -54,11 +59,9 @@ import torch
 from torch import nn
 
 from pipeblocks.errors import SpecError
-from pipeblocks.models.gpt import GPTConfig, TinyGPT, lm_loss, synthetic_batch
-from pipeblocks.models.split import split
 from pipeblocks.runtime.stage import LossFn, Stage
 
-__all__ = ["StageProfile", "Profile", "profile_stages", "profile_small_gpt", "saved_memory"]
+__all__ = ["StageProfile", "Profile", "profile_stages", "saved_memory"]
 
 Clock = Literal["wall", "cpu"]
 
@@ -74,6 +77,7 @@ class StageProfile:
     bw: float  # the fused backward, for comparison with b + w
     mem_f: int  # bytes F saves for backward
     mem_w: int  # bytes still held after B, freed by W
+    input_only: float = 0.0  # the input path alone (autograd.grad w.r.t. the input); 0: not timed
 
     @property
     def split_over_fused(self) -> float:
@@ -169,6 +173,8 @@ def profile_stages(
     clock: Clock = "wall",
     comm_ms: float = 0.0,
     idle_ms: float = 0.0,
+    direct: bool = True,
+    input_path: bool = False,
 ) -> Profile:
     """F, B, W, BW times and activation memory of every stage for one microbatch.
 
@@ -196,9 +202,9 @@ def profile_stages(
     for s, module in enumerate(stages):
         last = s == n - 1
         grad = None if last else torch.full_like(xs[s + 1], 1e-3)
-        split = Stage(module, s, n, loss_fn, split=True)
+        split = Stage(module, s, n, loss_fn, split=True, direct=direct)
         fused = Stage(module, s, n, loss_fn, split=False)
-        times: dict[str, list[float]] = {"f": [], "b": [], "w": [], "bw": []}
+        times: dict[str, list[float]] = {"f": [], "b": [], "w": [], "bw": [], "inp": []}
         def timed(call: Callable[..., Any], *args: Any) -> float:
             if idle_ms:
                 time.sleep(idle_ms / 1e3)  # see the note "idle" in the module docs
@@ -212,14 +218,27 @@ def profile_stages(
             f = timed(split.forward, 0, xs[s], targets)
             b = timed(split.backward_input, 0, grad)
             w = timed(split.backward_weight, 0)
+            inp = 0.0
+            if input_path and s > 0:  # stage 0's input is the batch: no gradient to take
+                root, x = _input_graph(module, xs[s], targets, last, loss_fn)
+                inp = timed(torch.autograd.grad, root, x, grad)
             if rep >= warmup:
-                for key, value in (("bw", bw), ("f", f), ("b", b), ("w", w)):
+                for key, value in (("bw", bw), ("f", f), ("b", b), ("w", w), ("inp", inp)):
                     times[key].append(value)
         mem_f, mem_w = _memory(split, module, xs[s], targets, grad)
         module.zero_grad(set_to_none=True)
         ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-        out.append(StageProfile(s, ms["f"], ms["b"], ms["w"], ms["bw"], mem_f, mem_w))
+        out.append(StageProfile(s, ms["f"], ms["b"], ms["w"], ms["bw"], mem_f, mem_w,
+                                ms["inp"]))
     return Profile(tuple(out), str(device), clock, reps, comm_ms)
+
+
+def _input_graph(module: nn.Module, x: torch.Tensor, targets: torch.Tensor, last: bool,
+                 loss_fn: LossFn) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fresh graph of the stage (root, input), built untimed, to time the input path alone."""
+    x = x.detach().requires_grad_(True)
+    y = module(x)
+    return (loss_fn(y, targets) if last else y), x
 
 
 def _memory(
@@ -235,34 +254,3 @@ def _memory(
     mem_w = held()
     stage.backward_weight(0)
     return mem_f, mem_w
-
-
-def profile_small_gpt(
-    cfg: GPTConfig,
-    layout: Sequence[int],
-    *,
-    microbatch: int,
-    seed: int = 0,
-    reps: int = 10,
-    warmup: int = 2,
-    clock: Clock = "wall",
-    device: Literal["auto", "cpu", "cuda"] = "auto",
-    threads: int = 1,
-    comm_ms: float = 0.0,
-    idle_ms: float = 0.0,
-) -> Profile:
-    """:func:`profile_stages` of the small GPT split by ``layout`` (parts per stage, as
-    ``pipeblocks train`` splits it) on ``device`` ("auto": CUDA when there is one)."""
-    cuda_ok = torch.cuda.is_available()
-    if device == "cuda" and not cuda_ok:
-        raise SpecError("--device cuda but CUDA is not available; use --device cpu")
-    where = torch.device("cuda" if device == "cuda" or (device == "auto" and cuda_ok) else "cpu")
-    if clock == "cpu" and where.type != "cpu":
-        raise SpecError("--clock cpu misses GPU work; use --device cpu or --clock wall")
-    torch.set_num_threads(threads)
-    stages = split(TinyGPT(cfg, seed=seed), len(layout), layout)
-    for st in stages:
-        st.to(where)
-    tokens, targets = synthetic_batch(cfg, microbatch, seed=seed)
-    return profile_stages(stages, tokens.to(where), targets.to(where), lm_loss, reps=reps,
-                          warmup=warmup, clock=clock, comm_ms=comm_ms, idle_ms=idle_ms)

@@ -10,7 +10,7 @@ from torch import nn
 
 from pipeblocks.errors import SpecError
 from pipeblocks.models.gpt import GPTConfig, TinyGPT, lm_loss, synthetic_batch
-from pipeblocks.models.split import ends_layout, even_layout, split
+from pipeblocks.runtime.split import ends_layout, even_layout, split
 
 pytestmark = pytest.mark.torch
 

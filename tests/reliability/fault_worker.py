@@ -22,10 +22,10 @@ from torch import nn
 from pipeblocks.generators import generate
 from pipeblocks.ir.actions import Action
 from pipeblocks.models.gpt import GPTConfig, TinyGPT, lm_loss, synthetic_batch
-from pipeblocks.models.split import ends_layout, split
 from pipeblocks.runtime import checkpoint
 from pipeblocks.runtime.executor import Executor
 from pipeblocks.runtime.faults import Guard, RankFailure
+from pipeblocks.runtime.split import ends_layout, split
 
 M, MBS = 4, 2
 

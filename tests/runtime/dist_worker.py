@@ -25,9 +25,9 @@ from pipeblocks.generators import generate, names
 from pipeblocks.ir.actions import Action
 from pipeblocks.ir.schedule import Schedule
 from pipeblocks.models.gpt import GPTConfig, TinyGPT, lm_loss, synthetic_batch
-from pipeblocks.models.split import ends_layout, split
 from pipeblocks.runtime.executor import Executor
 from pipeblocks.runtime.faults import Guard, RankFailure
+from pipeblocks.runtime.split import ends_layout, split
 
 P, M, MBS = 4, 8, 2
 

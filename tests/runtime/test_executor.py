@@ -9,10 +9,10 @@ import pipeblocks as pb
 from pipeblocks.errors import SpecError
 from pipeblocks.ir.lowering import Comm, lower
 from pipeblocks.models.gpt import GPTConfig, TinyGPT, lm_loss, synthetic_batch
-from pipeblocks.models.split import ends_layout, split
 from pipeblocks.runtime.emulate import EmulatedStage
 from pipeblocks.runtime.executor import Executor
 from pipeblocks.runtime.p2p import handshake_tag, tag_of
+from pipeblocks.runtime.split import ends_layout, split
 
 pytestmark = pytest.mark.torch
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pipeblocks.models.gpt import GPTConfig, TinyGPT, lm_loss, synthetic_batch
-from pipeblocks.models.split import ends_layout, split
+from pipeblocks.runtime.split import ends_layout, split
 from pipeblocks.runtime.stage import Stage, shared_parameters
 
 pytestmark = pytest.mark.torch

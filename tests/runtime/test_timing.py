@@ -1,4 +1,4 @@
-"""`python -m pipeblocks.runtime.timing`: the table, --json, --engine-w."""
+"""`python -m pipeblocks.cli.timing`: the table, --json, --engine-w."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipeblocks.runtime.timing import main
+from pipeblocks.cli.timing import main
 
 pytestmark = pytest.mark.torch
 
