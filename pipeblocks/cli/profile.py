@@ -122,8 +122,8 @@ def run(args: argparse.Namespace) -> int:
         raise SpecError(f"--warmup must be >= 0 (got {args.warmup})")
     # torch only on this path (and only inside pipeblocks.runtime), so `pipeblocks --help`
     # works without it
+    from pipeblocks.cli.train import layout_of, model_config
     from pipeblocks.models.profile import profile_small_gpt
-    from pipeblocks.train import layout_of, model_config
 
     num_stages = args.ranks * args.stages_per_rank
     cfg = model_config(args, num_stages)

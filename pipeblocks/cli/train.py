@@ -9,18 +9,32 @@
     $ torchrun --nproc-per-node 4 -m pipeblocks.train --schedule 1f1b --microbatches 8
 
 This command starts the P processes itself (:func:`pipeblocks.runtime.launch.launch`); each
-runs :mod:`pipeblocks.train`, which is also what torchrun starts. The options are defined here,
-without torch, so ``pipeblocks --help`` works anywhere.
+runs ``python -m pipeblocks.train`` (:func:`rank_main`), which is also what torchrun starts.
+Both build the same :class:`~pipeblocks.runtime.trainer.TrainPlan` from the options, once per
+process, refusing bad options before any communication; the rank program hands it to
+:func:`pipeblocks.runtime.trainer.run_rank` and prints rank 0's report. Nothing here imports
+torch at module level, so ``pipeblocks --help`` works anywhere.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
 import sys
+from typing import TYPE_CHECKING, Any
 
 from pipeblocks.cli.common import one_line_errors, positive_int
+from pipeblocks.errors import PipeblocksError, SpecError
 
-__all__ = ["register", "run", "add_train_args", "to_argv", "MODELS"]
+if TYPE_CHECKING:
+    from pipeblocks.ir import Schedule
+    from pipeblocks.models.gpt import GPTConfig
+    from pipeblocks.runtime.trainer import TrainPlan
+
+__all__ = ["register", "run", "add_train_args", "to_argv", "MODELS", "build_plan", "rank_main",
+           "model_config", "layout_of"]
 
 MODELS = ("tiny-gpt",)
 
@@ -125,9 +139,7 @@ _FLAGS = [
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeblocks.train import check_args
-
-    check_args(args)  # refuse bad options here, before any process starts
+    build_plan(args)  # refuse bad options here, before any process starts
     from pipeblocks.runtime.launch import launch
 
     cmd = [sys.executable, "-m", "pipeblocks.train", *to_argv(args)]
@@ -138,3 +150,178 @@ def run(args: argparse.Namespace) -> int:
     if result.fault:
         print(f"pipeblocks: error: ranks {bad} stopped: {result.fault}", file=sys.stderr)
     return 2 if set(result.codes) == {2} else 1
+
+
+# -- the plan: every check that needs no process group ---------------------------------------
+
+def build_plan(args: argparse.Namespace, world: int | None = None) -> TrainPlan:
+    """The checked plan of these options (``world``: the processes started, under torchrun)."""
+    from pipeblocks.models.gpt import GPTSource
+    from pipeblocks.runtime.trainer import TrainOptions, TrainPlan
+
+    num_ranks = args.ranks or world
+    if num_ranks is None:
+        raise SpecError("give --ranks P (or start under torchrun, which sets WORLD_SIZE)")
+    if world is not None and num_ranks != world:
+        raise SpecError(f"--ranks {num_ranks} but {world} processes were started; "
+                        f"start {num_ranks} (torchrun --nproc-per-node {num_ranks})")
+    if args.emulate_ms is not None and args.check_grads:
+        raise SpecError("--check-grads needs real passes; drop --emulate-ms")
+    schedule = load_schedule(args, num_ranks)
+    cfg = model_config(args, schedule.spec.num_stages)
+    layout = layout_of(args, cfg, schedule.spec.num_stages)
+    resume = _check_checkpoint_args(args, cfg, layout)
+    options = TrainOptions(
+        steps=args.steps, microbatch_size=args.microbatch_size, lr=args.lr, seed=args.seed,
+        emulate_ms=args.emulate_ms, check_grads=args.check_grads, memory=args.memory,
+        timeout=args.timeout, threads=args.threads, save=args.save, save_every=args.save_every)
+    return TrainPlan(schedule, GPTSource(cfg, seed=args.seed), layout, options,
+                     name=schedule.name or str(args.schedule_file), resume=resume)
+
+
+def load_schedule(args: argparse.Namespace, num_ranks: int) -> Schedule:
+    """The schedule named by ``--schedule`` or read from ``--schedule-file``, validated."""
+    from pipeblocks.ir import validate
+
+    if args.schedule is not None:
+        if args.microbatches is None:
+            raise SpecError("--microbatches is required with --schedule; e.g. --microbatches 8")
+        from pipeblocks.generators import generate
+
+        schedule = generate(args.schedule, num_ranks, args.microbatches, args.stages_per_rank)
+    else:
+        from pipeblocks.ir.formats import load
+
+        options: dict[str, Any] = {}
+        if args.stages_per_rank is not None:
+            options["stages_per_rank"] = args.stages_per_rank
+        if args.microbatches is not None:
+            options["num_microbatches"] = args.microbatches
+        schedule = load(args.schedule_file, **options)
+        if schedule.spec.num_ranks != num_ranks:
+            raise SpecError(
+                f"{args.schedule_file} is a schedule for {schedule.spec.num_ranks} ranks but "
+                f"{num_ranks} were asked for; use --ranks {schedule.spec.num_ranks}"
+            )
+    validate(schedule)
+    return schedule
+
+
+def model_config(args: argparse.Namespace, num_stages: int) -> GPTConfig:
+    """The small GPT's sizes; by default the smallest multiple of the stage count >= 8 blocks."""
+    from pipeblocks.models.gpt import GPTConfig
+
+    layers = args.layers or num_stages * math.ceil(8 / num_stages)
+    if args.dim % args.heads:
+        raise SpecError(f"--dim must be a multiple of --heads (got {args.dim} and {args.heads})")
+    return GPTConfig(vocab=args.vocab, seq=args.seq, dim=args.dim, heads=args.heads,
+                     layers=layers)
+
+
+def layout_of(args: argparse.Namespace, cfg: GPTConfig, num_stages: int) -> tuple[int, ...]:
+    """Parts per stage: ``--layout`` blocks (plus embedding and head) or an even spread."""
+    from pipeblocks.runtime.split import ends_layout
+
+    if args.layout is None:
+        return ends_layout(cfg.layers, num_stages)
+    try:
+        blocks = [int(x) for x in args.layout.split(",") if x.strip()]
+    except ValueError:
+        raise SpecError(f"--layout {args.layout!r} is not a comma-separated list of integers") from None
+    if len(blocks) != num_stages:
+        raise SpecError(
+            f"--layout gives {len(blocks)} stages but the schedule has {num_stages} "
+            f"(p * v); give {num_stages} block counts"
+        )
+    if sum(blocks) != cfg.layers or min(blocks) < 0:
+        raise SpecError(f"--layout {args.layout} must be >= 0 per stage and sum to the "
+                        f"{cfg.layers} blocks (--layers)")
+    counts = list(blocks)
+    counts[0] += 1  # the embedding
+    counts[-1] += 1  # the head (and the loss)
+    return tuple(counts)
+
+
+def _check_checkpoint_args(args: argparse.Namespace, cfg: GPTConfig,
+                           layout: tuple[int, ...]) -> Any:
+    """--save / --save-every / --resume: refused here, before any process or message; the
+    checkpoint to resume from (found once), or None."""
+    if args.save_every is not None and args.save is None:
+        raise SpecError("--save-every needs --save DIR")
+    if args.save is not None and os.path.exists(args.save) and not os.path.isdir(args.save):
+        raise SpecError(f"--save {args.save} is a file; give a folder (created if missing)")
+    if args.emulate_ms is not None and (args.save or args.resume):
+        raise SpecError("--save and --resume need real passes (a model to save); drop "
+                        "--emulate-ms")
+    if args.resume is not None and args.check_grads:
+        raise SpecError("--check-grads compares step 1 with a fresh model; drop it with --resume")
+    if args.resume is None:
+        return None
+    import dataclasses
+
+    from pipeblocks.runtime import checkpoint
+
+    info = checkpoint.find(args.resume)
+    checkpoint.check_compatible(info, layout, dataclasses.asdict(cfg))
+    if info.step >= args.steps:
+        raise SpecError(f"--resume {info.path} is after step {info.step} but --steps is "
+                        f"{args.steps} (the total): nothing to run; use --steps "
+                        f"{info.step + 1} or more")
+    return info
+
+
+# -- one rank: python -m pipeblocks.train ----------------------------------------------------
+
+def rank_main(argv: list[str] | None = None) -> int:
+    """One pipeline rank (``python -m pipeblocks.train``, what torchrun and `train` start)."""
+    p = argparse.ArgumentParser(
+        prog="python -m pipeblocks.train",
+        description="One pipeline rank (start P of them with torchrun or `pipeblocks train`).",
+    )
+    add_train_args(p, ranks_required=False)
+    args = p.parse_args(argv)
+    from pipeblocks.runtime.faults import RankFailure, write_error
+    from pipeblocks.runtime.trainer import run_rank
+
+    try:
+        plan = build_plan(args, int(os.environ.get("WORLD_SIZE", "1")))
+        report = run_rank(plan, on_step=None if args.json else _step_line(plan))
+    except SpecError as e:
+        write_error(str(e))  # one write: the ranks share stderr (faults: "one line per rank")
+        return 2
+    except (RankFailure, PipeblocksError) as e:
+        write_error(str(e))
+        return 1
+    if report:
+        _print_report(args, report)
+    return 0
+
+
+def _step_line(plan: TrainPlan) -> Any:
+    tokens = plan.batch_size * plan.model.tokens_per_sample
+    total = plan.options.steps
+
+    def line(row: dict[str, Any]) -> None:
+        loss = row["loss"]
+        shown = f"{loss:.4f}" if loss is not None else "-"
+        print(f"step {row['step']:>3}/{total}  loss {shown}  step {row['ms']:8.1f} ms  "
+              f"{tokens / (row['ms'] / 1e3):9,.0f} tokens/s", flush=True)
+    return line
+
+
+def _print_report(args: argparse.Namespace, r: dict[str, Any]) -> None:
+    if args.json:
+        print(json.dumps(r))
+        return
+    print(f"{r['schedule']} on {r['ranks']} ranks, {r['microbatches']} microbatches: median "
+          f"step {r['step_ms_median']:.1f} ms, {r['tokens_per_s']:,.0f} tokens/s")
+    if "peak_activation_bytes" in r:
+        mib = ", ".join(f"{b / 2**20:.2f}" for b in r["peak_activation_bytes"])
+        print(f"peak activation memory per rank (MiB): {mib}")
+    if "grad_max_abs_diff" in r:
+        print(f"check against the unpartitioned model: grad_max_abs_diff "
+              f"{r['grad_max_abs_diff']:.3g}, loss_abs_diff {r['loss_abs_diff']:.3g}")
+    if "simulated_ms" in r:
+        print(f"emulated {r['emulate_ms']:g} ms per pass: simulated {r['simulated_ms']:.1f} ms "
+              f"(comm {r['comm_ms']:.3f} ms), measured / simulated "
+              f"{r['measured_over_simulated']:.3f}")

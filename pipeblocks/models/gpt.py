@@ -16,14 +16,17 @@ puts the embedding in stage 0 and the head (and so the loss) in the last stage.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GPTConfig", "TinyGPT", "Embedding", "Block", "Head", "synthetic_batch", "lm_loss"]
+__all__ = ["GPTConfig", "TinyGPT", "Embedding", "Block", "Head", "synthetic_batch", "lm_loss",
+           "GPTSource"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,3 +143,31 @@ def synthetic_batch(
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over every position."""
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+@dataclass(frozen=True)
+class GPTSource:
+    """The small GPT as a :class:`pipeblocks.runtime.trainer.ModelSource`: what the trainer
+    builds, feeds and checks (the same weights and data on every rank, from ``seed``)."""
+
+    cfg: GPTConfig
+    seed: int = 0
+
+    @property
+    def tokens_per_sample(self) -> int:
+        return self.cfg.seq
+
+    def build(self) -> nn.Sequential:
+        return TinyGPT(self.cfg, seed=self.seed)
+
+    def loss(self, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return lm_loss(output, targets)
+
+    def batch(self, size: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return synthetic_batch(self.cfg, size, seed=self.seed, step=step)
+
+    def describe(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.cfg)
+
+    def activation_shape(self, microbatch_size: int) -> tuple[int, ...]:
+        return (microbatch_size, self.cfg.seq, self.cfg.dim)

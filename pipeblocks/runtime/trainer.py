@@ -1,0 +1,298 @@
+"""The per-rank training program: a checked :class:`TrainPlan` in, a report out.
+
+The command line (:mod:`pipeblocks.cli.train`) builds the plan once per process (schedule,
+model, layout, options, the checkpoint to resume), refusing every bad option before any
+communication; :func:`run_rank` then joins the process group (env://: gloo on CPU, NCCL with
+CUDA), runs the steps and returns the report on rank 0. The model comes from a
+:class:`ModelSource` (the small GPT's is :class:`pipeblocks.models.gpt.GPTSource`), so this
+module knows no model.
+
+Step time is the pipeline's makespan: from the earliest rank's start to the latest rank's end
+(one clock on one host), after a barrier; the loss is the mean over the microbatches.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pipeblocks.errors import PipeblocksError, SpecError
+from pipeblocks.ir.schedule import Schedule
+from pipeblocks.runtime import checkpoint
+from pipeblocks.runtime.emulate import EmulatedStage
+from pipeblocks.runtime.executor import Executor
+from pipeblocks.runtime.faults import Guard, RankFailure, write_error
+from pipeblocks.runtime.p2p import one_way_ms
+from pipeblocks.runtime.split import split
+
+__all__ = ["ModelSource", "TrainOptions", "TrainPlan", "run_rank", "train"]
+
+
+class ModelSource(Protocol):
+    """What the trainer asks of a model: build it, feed it, score it, name it."""
+
+    @property
+    def tokens_per_sample(self) -> int: ...
+
+    def build(self) -> nn.Module:
+        """The unpartitioned model as a sequence of layers, the same weights at every call."""
+        ...
+
+    def loss(self, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+
+    def batch(self, size: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``size`` samples of step ``step``: inputs and targets (the same on every rank)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What a checkpoint must match to be loaded into this model."""
+        ...
+
+    def activation_shape(self, microbatch_size: int) -> tuple[int, ...]:
+        """The tensor between stages, for emulated passes."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class TrainOptions:
+    """How to train: every option that is not the schedule, the model or its layout."""
+
+    steps: int = 10
+    microbatch_size: int = 4
+    lr: float = 3e-3
+    seed: int = 0
+    emulate_ms: float | None = None
+    check_grads: bool = False
+    memory: bool = False
+    timeout: float = 60.0
+    threads: int = 1
+    save: str | None = None
+    save_every: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrainPlan:
+    """Everything a rank needs, checked once: the validated schedule, the model, its layout
+    (parts per stage), the options and the checkpoint to resume from (or None)."""
+
+    schedule: Schedule
+    model: ModelSource
+    layout: tuple[int, ...]
+    options: TrainOptions
+    name: str
+    resume: checkpoint.CheckpointInfo | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.schedule.spec.num_microbatches * self.options.microbatch_size
+
+
+OnStep = Callable[[dict[str, Any]], None]
+
+
+def run_rank(plan: TrainPlan, on_step: OnStep | None = None) -> dict[str, Any]:
+    """This process's rank of ``plan`` (RANK, WORLD_SIZE, LOCAL_RANK from the environment).
+
+    ``on_step(row)`` is called on rank 0 after every step (``row``: step, ms, loss); the
+    library prints nothing. Returns the report on rank 0 (``{}`` elsewhere). A failure stops every rank: this one
+    writes one line with the cause and exits the process (1, or 2 for a usage error).
+    """
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.set_num_threads(plan.options.threads)
+    cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1 or "MASTER_PORT" in os.environ:
+        dist.init_process_group("nccl" if cuda else "gloo",
+                                timeout=timedelta(seconds=plan.options.timeout + 30))
+    guard = Guard(rank, timeout=plan.options.timeout) if dist.is_initialized() else None
+    try:
+        report = train(plan, device=device, guard=guard, on_step=on_step)
+    except Exception as e:
+        _stop(rank, e, guard)
+    if guard is not None:
+        guard.stop()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return report
+
+
+def _stop(rank: int, e: Exception, guard: Guard | None) -> None:
+    """Write this rank's one line and leave the process (the group may wait on a dead peer)."""
+    message = str(e)
+    if not isinstance(e, RankFailure):  # outside a pass: still stop the others at once
+        text = (str(e).strip().splitlines() or [""])[0][:300]
+        message = f"rank {rank} failed: {type(e).__name__}: {text}"
+        if guard is not None:
+            # A transport error here (the barrier or all-reduce between steps) usually means a
+            # peer died: as the executor does, report the root cause the launcher posts within
+            # 2 s rather than this rank's "connection reset".
+            cause = guard.posted(within=2.0) or guard.fail(message)
+            if cause != message:
+                message = f"rank {rank} stops in {guard.where}: {cause}"
+    code = 2 if isinstance(e, SpecError) else 1
+    if guard is not None:
+        # the pause lets the other guards read a fault this rank just posted
+        guard.report(message, code, linger=5 * guard.poll)
+    write_error(message)
+    os._exit(code)
+
+
+def train(plan: TrainPlan, *, device: torch.device, guard: Guard | None = None,
+          on_step: OnStep | None = None) -> dict[str, Any]:
+    """Run the plan's steps on this rank (the process group, if any, is initialised)."""
+    opts, spec = plan.options, plan.schedule.spec
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    model = plan.model.build()
+    parts = split(model, spec.num_stages, plan.layout)
+    mine: dict[int, nn.Module] = {s: parts[s] for s in spec.stages_of(rank)}
+    ex, opt = _executor(plan, mine, device, guard)
+    first = 0
+    if plan.resume is not None:
+        _where(guard, "loading the checkpoint")
+        first = checkpoint.load(plan.resume, mine, opt, guard)
+    names = {id(p): n for n, p in model.named_parameters()}
+    # emulation compares with the simulator, which needs the transfer time (all ranks probe)
+    comm = None if opts.emulate_ms is None else one_way_ms(
+        plan.model.activation_shape(opts.microbatch_size), 25, device)
+    steps: list[dict[str, Any]] = []
+    grads: dict[str, torch.Tensor] = {}
+    peak = 0
+    for step in range(first, opts.steps):
+        row, res = _step(plan, ex, step, device)
+        steps.append(row)
+        peak = max(peak, res.peak_activation_bytes)
+        if step == 0 and opts.check_grads:
+            grads = {names[id(p)]: p.grad.detach().cpu().clone()
+                     for mod in mine.values() for p in mod.parameters() if p.grad is not None}
+        if rank == 0 and on_step is not None:
+            on_step(row)
+        if opts.save and (step + 1 == opts.steps or (
+                opts.save_every and (step + 1) % opts.save_every == 0)):
+            _where(guard, f"saving the checkpoint of step {step + 1}")
+            checkpoint.save(opts.save, step + 1, mine, opt, layout=plan.layout,
+                            model=plan.model.describe(), schedule=plan.schedule.name,
+                            guard=guard)
+    return _report(plan, steps, first, peak, grads, comm)
+
+
+def _executor(plan: TrainPlan, mine: dict[int, nn.Module], device: torch.device,
+              guard: Guard | None) -> tuple[Executor, torch.optim.Optimizer | None]:
+    opts, spec = plan.options, plan.schedule.spec
+    if opts.emulate_ms is not None:
+        shape = plan.model.activation_shape(opts.microbatch_size)
+        runners: dict[int, Any] = {
+            s: EmulatedStage(s, spec.num_stages, opts.emulate_ms, shape, device=device)
+            for s in mine}
+        return Executor(plan.schedule, runners, None, None, guard=guard, device=device), None
+    for mod in mine.values():
+        mod.to(device)
+    params = [p for mod in mine.values() for p in mod.parameters()]
+    opt = torch.optim.Adam(params, lr=opts.lr) if params else None
+    ex = Executor(plan.schedule, mine, plan.model.loss, opt, guard=guard, device=device,
+                  measure_memory=opts.memory)
+    return ex, opt
+
+
+def _step(plan: TrainPlan, ex: Executor, step: int, device: torch.device
+          ) -> tuple[dict[str, Any], Any]:
+    inputs, targets = plan.model.batch(plan.batch_size, step)
+    if dist.is_initialized():
+        dist.barrier()
+    res = ex.step(inputs.to(device), targets.to(device))
+    # one clock on one host: the makespan is the latest end minus the earliest start
+    t = torch.tensor([-res.start, res.end, res.loss if res.loss is not None else -math.inf],
+                     dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    ms = (float(t[0]) + float(t[1])) * 1e3
+    # emulated passes compute no loss
+    ok = math.isfinite(float(t[2])) and plan.options.emulate_ms is None
+    return {"step": step + 1, "ms": ms, "loss": float(t[2]) if ok else None}, res
+
+
+def _report(plan: TrainPlan, steps: list[dict[str, Any]], first: int, peak: int,
+            grads: dict[str, torch.Tensor], comm_ms: float | None) -> dict[str, Any]:
+    """Rank 0's report (gathers every rank's peak memory and gradients); ``{}`` elsewhere."""
+    opts, spec = plan.options, plan.schedule.spec
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    gathered: list[Any] = [(rank, peak, grads)]
+    if dist.is_initialized():
+        gathered = [None] * dist.get_world_size() if rank == 0 else []
+        dist.gather_object((rank, peak, grads), gathered if rank == 0 else None, dst=0)
+    if rank != 0:
+        return {}
+    step_ms = [s["ms"] for s in steps]
+    median = statistics.median(step_ms)
+    report: dict[str, Any] = {
+        "schedule": plan.name,
+        "ranks": spec.num_ranks,
+        "microbatches": spec.num_microbatches,
+        "stages_per_rank": spec.stages_per_rank,
+        "placement": spec.placement.value,
+        "steps": opts.steps,
+        "first_step": first + 1,
+        "backend": dist.get_backend() if dist.is_initialized() else "none",
+        "step_ms": step_ms,
+        "step_ms_median": median,
+        "tokens_per_s": plan.batch_size * plan.model.tokens_per_sample / (median / 1e3),
+        "loss": [s["loss"] for s in steps],
+    }
+    if opts.memory:
+        report["peak_activation_bytes"] = [g[1] for g in sorted(gathered, key=lambda g: g[0])]
+    if opts.check_grads:
+        every = {k: g for _, _, gs in gathered for k, g in gs.items()}
+        report.update(check_against_reference(plan, every, steps[0]["loss"]))
+    if opts.emulate_ms is not None:
+        report.update(_emulation(plan, median, comm_ms or 0.0))
+    return report
+
+
+def check_against_reference(plan: TrainPlan, grads: dict[str, torch.Tensor],
+                            loss: float | None) -> dict[str, Any]:
+    """The unpartitioned model on step 1's batch, in this process: the largest differences."""
+    ref = plan.model.build()
+    inputs, targets = plan.model.batch(plan.batch_size, 0)
+    ref_loss = plan.model.loss(ref(inputs), targets)
+    ref_loss.backward()
+    want = {n: p.grad for n, p in ref.named_parameters() if p.grad is not None}
+    if set(want) != set(grads):
+        missing = sorted(set(want) ^ set(grads))[:3]
+        raise PipeblocksError(f"--check-grads: the pipeline and the reference differ in which "
+                              f"parameters have gradients (e.g. {missing})")
+    diff = max(float((grads[n] - g).abs().max()) for n, g in want.items())
+    return {"grad_max_abs_diff": diff,
+            "loss_abs_diff": abs(loss - ref_loss.item()) if loss is not None else None,
+            "reference_loss": ref_loss.item()}
+
+
+def _emulation(plan: TrainPlan, median_ms: float, comm: float) -> dict[str, Any]:
+    """The simulated makespan of the emulated run, with the measured one-way transfer time."""
+    from pipeblocks.sim import UniformCosts, simulate
+
+    x, v = plan.options.emulate_ms, plan.schedule.spec.stages_per_rank
+    assert x is not None
+    # UniformCosts times are per rank and divided by v per stage: pass x * v so that every
+    # stage pass takes x ms, as the emulated stages sleep
+    sim = simulate(plan.schedule, UniformCosts(f=x * v, b=x * v, w=x * v, comm=comm))
+    return {"emulate_ms": x, "comm_ms": comm, "simulated_ms": sim.makespan,
+            "measured_over_simulated": median_ms / sim.makespan}
+
+
+def _where(guard: Guard | None, what: str) -> None:
+    if guard is not None:
+        guard.where = what
+
+
