@@ -40,12 +40,12 @@ from pipeblocks.ir.spec import PipelineSpec, Placement
 from pipeblocks.search.budget import EPS
 from pipeblocks.search.cooldown import tight_cooldown
 from pipeblocks.search.refill import program_peaks, refill_w
-from pipeblocks.search.tables import Tables, tables
 from pipeblocks.search.tail import replan_tail
 from pipeblocks.search.vshape import VParams, VTimes, stable_peaks, v_block_of, v_params, v_times
 from pipeblocks.search.zb import zb_memory_limited
 from pipeblocks.sim.costs import CostModel
 from pipeblocks.sim.engine import Simulation, simulate
+from pipeblocks.sim.tables import Tables, tables
 
 __all__ = ["Candidate", "Objective", "rank_key", "VFamily", "zb_candidates", "NamedPool",
            "FAMILIES"]

@@ -31,8 +31,8 @@ from collections.abc import Sequence
 from pipeblocks.errors import SpecError
 from pipeblocks.ir.actions import Action, Pass
 from pipeblocks.ir.schedule import Schedule
-from pipeblocks.search.tables import Tables, tables
 from pipeblocks.sim.costs import CostModel
+from pipeblocks.sim.tables import Tables, tables
 
 __all__ = ["refill_w", "program_peaks"]
 

@@ -33,9 +33,9 @@ from pipeblocks.errors import SpecError
 from pipeblocks.ir.actions import Action, Pass
 from pipeblocks.ir.schedule import Schedule
 from pipeblocks.search.refill import program_peaks
-from pipeblocks.search.tables import Tables, tables
 from pipeblocks.sim.costs import UNIT, CostModel
 from pipeblocks.sim.engine import Simulation
+from pipeblocks.sim.tables import Tables, tables
 
 __all__ = ["replan_tail", "last_f_cut", "tails"]
 

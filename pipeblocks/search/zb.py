@@ -39,8 +39,8 @@ from pipeblocks.errors import SpecError
 from pipeblocks.ir.actions import Action, Pass
 from pipeblocks.ir.schedule import Schedule
 from pipeblocks.ir.spec import PipelineSpec, Placement
-from pipeblocks.search.tables import tables
 from pipeblocks.sim.costs import CostModel
+from pipeblocks.sim.tables import tables
 
 __all__ = ["zb_memory_limited", "zb_smallest_limit", "WARMUPS"]
 
