@@ -28,6 +28,7 @@ import heapq
 from collections import deque
 from collections.abc import Sequence
 
+from pipeblocks.blocks.lifespan import cap_tolerance, per_rank_caps
 from pipeblocks.errors import SpecError
 from pipeblocks.ir.actions import Action, Pass
 from pipeblocks.ir.schedule import Schedule
@@ -68,15 +69,8 @@ def refill_w(
     spec = schedule.spec
     tab = tables(spec, costs)
     p, n, m = spec.num_ranks, spec.num_stages, spec.num_microbatches
-    if limit is None:
-        caps = list(program_peaks(schedule, tab))
-    elif isinstance(limit, int | float):
-        caps = [float(limit)] * p
-    else:
-        caps = [float(x) for x in limit]
-        if len(caps) != p:
-            raise SpecError(f"refill_w needs one limit per rank ({p}), got {len(caps)}")
-    eps = 1e-9 * max(1.0, *map(abs, caps))
+    caps = per_rank_caps(limit, p, lambda: program_peaks(schedule, tab), "refill_w")
+    eps = cap_tolerance(caps)
     # end[(code * n + s) * m + j]: code 0 = F, 1 = B or BW, 2 = W; -1 until scheduled
     nm = n * m
     end = [-1.0] * (3 * nm)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-import pytest
 
 from pipeblocks.errors import SpecError
 from pipeblocks.ir import Action, Pass, PipelineSpec, Schedule, grid, needs, walk
@@ -81,11 +80,10 @@ def test_timing_hook_starts_each_pass_as_early_as_its_rules_allow(  # type: igno
     blocked = walk(s, timing=timing)
     assert [(b.rank, b.position) for b in blocked] == [(b.rank, b.position) for b in walk(s)]
     code = {F: 0, B: 1, W: 2, BW: 3}
-    end: dict[Action, tuple[int, float]] = {}
+    end: dict[Action, float] = {}
     for r, prog in enumerate(s.programs):
         assert len(timing.starts[r]) == len(timing.ends[r])
-        for i, t0 in enumerate(timing.starts[r]):
-            end[key(prog[i])] = (r, timing.ends[r][i])
+        end.update((key(a), t1) for a, t1 in zip(prog, timing.ends[r], strict=False))
     for r, prog in enumerate(s.programs):
         for i, (t0, t1) in enumerate(zip(timing.starts[r], timing.ends[r], strict=True)):
             a = prog[i]
@@ -94,7 +92,7 @@ def test_timing_hook_starts_each_pass_as_early_as_its_rules_allow(  # type: igno
                 comm = 0.0  # the hook's transfers are per edge; the caller zeroes same-rank ones
                 if dep.stage != a.stage:
                     comm = act[a.stage] if a.kind is F else grad[a.stage]
-                earliest = max(earliest, end[dep][1] + comm)
+                earliest = max(earliest, end[dep] + comm)
             assert t0 == earliest and t1 == t0 + dur[code[a.kind]][a.stage]
     for b in blocked:
         assert b.unmet[0] == b.missing
