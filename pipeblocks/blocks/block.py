@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from pipeblocks.errors import CollisionError, ScheduleError, SpecError
 from pipeblocks.ir.actions import Action, Pass
+from pipeblocks.ir.ascii import rows_text
 from pipeblocks.ir.spec import PipelineSpec, Placement
 
 __all__ = ["BlockPass", "BuildingBlock", "Collision", "find_collision", "check_block"]
@@ -201,22 +202,7 @@ class BuildingBlock:
                     r = t % self.period
                     cells[r] = text if cells[r] == "." else f"{cells[r]}|{text}"
             rows.append(cells)
-        width = max(len(c) for row in rows for c in row)
-        label_w = len(f"rank {self.num_ranks - 1}")
-        lines = []
-        for rank, cells in enumerate(rows):
-            parts = []
-            after = False
-            for t, c in enumerate(cells):
-                text = c.rjust(width)
-                if mark == (rank, t):
-                    parts.append(f"[{text}]")
-                    after = True
-                else:
-                    parts.append(text if after else f" {text}")
-                    after = False
-            lines.append(f"{f'rank {rank}'.ljust(label_w)} |{''.join(parts)}".rstrip())
-        return "\n".join(lines)
+        return rows_text(rows, mark)
 
     def __str__(self) -> str:
         return self.pattern()
