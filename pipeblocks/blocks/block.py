@@ -5,8 +5,8 @@ Memory", arXiv 2405.15362) gives, for each pass of microbatch 0, its start ``off
 ``duration`` in slots; its rank comes from the placement. Microbatch k runs the same pattern
 ``k * period`` slots later. Repeating it is only possible when, on every rank, the slots the
 passes occupy are distinct modulo the period (:func:`find_collision`), and it only describes a
-real schedule when every pass starts after the passes it depends on (shared/DESIGN.md section
-2; :func:`check_block` checks both).
+real schedule when every pass starts after the passes it depends on (docs/design.md,
+"Passes and dependencies"; :func:`check_block` checks both).
 
 A stage that has a B but no W in the block leaves its W to be *filled* into the free slots of
 its rank (:func:`pipeblocks.blocks.fill.fill_w`); such a block is *open*.
@@ -174,7 +174,8 @@ class BuildingBlock:
                              self.placement, self.w_duration)
 
     def deps(self, bp: BlockPass) -> Iterator[BlockPass]:
-        """The passes of the same microbatch that ``bp`` waits for (shared/DESIGN.md section 2)."""
+        """The passes of the same microbatch that ``bp`` waits for (docs/design.md, "Passes and
+        dependencies")."""
         s = bp.stage
         if bp.kind is Pass.F:
             if s > 0:

@@ -1,10 +1,10 @@
 """Lifespans, the peak-memory bound of a building block, and exact peaks.
 
 The lifespan of a stage is the time from the start of its F to the end of the pass that frees
-its activation: W (the unit memory model holds the whole activation until W, shared/DESIGN.md
-section 3) or BW for a fused backward. Repeated every T slots, a stage is alive for at most
-ceil(lifespan / T) microbatches at once, so a rank never holds more than (CM paper, Qi, Wan,
-Amar, Lin 2024, arXiv 2405.15362; shared/DESIGN.md section 7)
+its activation: W (the unit memory model holds the whole activation until W, docs/design.md,
+"Memory accounting") or BW for a fused backward. Repeated every T slots, a stage is alive for
+at most ceil(lifespan / T) microbatches at once, so a rank never holds more than (CM paper,
+Qi, Wan, Amar, Lin 2024, arXiv 2405.15362; docs/design.md, "Lifespan and the peak bound")
 
     peak bound(rank) = sum over its stages of ceil(lifespan / T) * mem_f.
 

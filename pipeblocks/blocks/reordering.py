@@ -2,7 +2,7 @@
 
 A repeated block runs its stable pattern from the first microbatch to the last, so the ranks
 idle while the pipeline fills (warm-up) and drains (cool-down). :func:`reorder` closes those
-gaps in two steps (shared/DESIGN.md section 6; the CM paper, Qi, Wan, Amar, Lin 2024, arXiv
+gaps in two steps (docs/design.md, "Generation rules"; the CM paper, Qi, Wan, Amar, Lin 2024, arXiv
 2405.15362, reorders the same two phases):
 
 1. **Pull forward.** In slot order, every pass moves to the earliest free slot of its rank at or

@@ -57,7 +57,7 @@ class Objective(Enum):
     """What "best" means. ``MAKESPAN``: the shortest simulated step (first pass on any rank to
     the last on any rank), then the shortest longest span. ``BUBBLE``: the papers' metric
     first, the longest span of any rank (each rank from its own first pass to its own last;
-    shared/DESIGN.md section 4), then the makespan. The papers' bounds are stated in the second;
+    docs/design.md, "Metrics"), then the makespan. The papers' bounds are stated in the second;
     the two can disagree by a slot or two (docs/search.md, "Against the paper's lower bound")."""
 
     MAKESPAN = "makespan"

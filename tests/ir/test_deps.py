@@ -14,7 +14,7 @@ F, B, W, BW = Pass.F, Pass.B, Pass.W, Pass.BW
 
 
 def test_needs_by_hand() -> None:
-    """DESIGN.md section 2 for a 4-stage pipeline, pass by pass."""
+    """docs/design.md, "Passes and dependencies" for a 4-stage pipeline, pass by pass."""
     assert needs(Action(0, F, 3), 4) == ()
     assert needs(Action(2, F, 3), 4) == (Action(1, F, 3),)
     assert needs(Action(3, B, 1), 4) == (Action(3, F, 1),)  # the loss is on the last stage
