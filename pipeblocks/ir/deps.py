@@ -237,6 +237,7 @@ def _advance_timed(schedule: Schedule, timing: Timing) -> list[int]:
     programs = schedule.programs
     ready = list(range(p))
     last = num_stages - 1
+    kind_f, kind_b, kind_w = _F, _B, _W  # locals: read once per pass
     while ready:
         r = ready.pop()
         prog = programs[r]
@@ -248,7 +249,7 @@ def _advance_timed(schedule: Schedule, timing: Timing) -> list[int]:
             if not (0 <= s < num_stages and 0 <= j < m):
                 raise SpecError(f"rank {r} position {i}: {a} is out of range ({spec.describe()})")
             start = t_free
-            if kind is _F:
+            if kind is kind_f:
                 if s > 0:
                     e = end[(s - 1) * m + j]
                     if e < 0:
@@ -259,7 +260,7 @@ def _advance_timed(schedule: Schedule, timing: Timing) -> list[int]:
                         start = e
                 k = s * m + j
                 fin = start + d_f[s]
-            elif kind is _W:
+            elif kind is kind_w:
                 e = end[sm + s * m + j]
                 if e < 0:
                     waiting.setdefault(sm + s * m + j, []).append(r)
@@ -284,7 +285,7 @@ def _advance_timed(schedule: Schedule, timing: Timing) -> list[int]:
                     if e > start:
                         start = e
                 k = sm + s * m + j
-                fin = start + (d_b[s] if kind is _B else d_bw[s])
+                fin = start + (d_b[s] if kind is kind_b else d_bw[s])
             end[k] = fin
             st.append(start)
             en.append(fin)
