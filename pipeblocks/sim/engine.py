@@ -11,7 +11,7 @@ cost tables of :mod:`pipeblocks.sim.tables`.
     >>> sim.makespan, round(sim.bubble_rate, 4), sim.peak_memory
     (33.0, 0.2727, (4.0, 3.0, 2.0, 1.0))
 
-Memory (docs/design.md, "Lifespan and the peak bound"): F allocates ``mem_f`` at its start; B frees
+Memory (docs/design.md, "Memory accounting"): F allocates ``mem_f`` at its start; B frees
 ``mem_f - mem_w``, W frees ``mem_w`` and BW frees ``mem_f``, each at its end.
 """
 
