@@ -17,11 +17,9 @@ MODULE_LINES = 450
 FUNCTION_LINES = 80
 PURE = ("ir", "blocks", "generators", "search", "sim", "visual")
 
-# "path:qualified name" -> lines today. The reorder's rebuild is a hot loop with its state in
-# locals (it runs once per pass of every candidate the search builds).
-FUNCTION_CEILINGS = {
-    "blocks/reordering.py:_State.pull_forward": 95,
-}
+# "path:qualified name" -> lines today, for functions over the budget that cannot be split yet
+# (none now: reorder's pull_forward, 95, and refill_w, 117 before issue 15, were split).
+FUNCTION_CEILINGS: dict[str, int] = {}
 
 
 def _functions(tree: ast.AST, prefix: str = "") -> Iterator[tuple[str, int]]:
