@@ -17,9 +17,12 @@ MODULE_LINES = 450
 FUNCTION_LINES = 80
 PURE = ("ir", "blocks", "generators", "search", "sim", "visual")
 
-# "path:qualified name" -> lines today, for functions over the budget that cannot be split yet
-# (none now: reorder's pull_forward, 95, and refill_w, 117 before issue 15, were split).
-FUNCTION_CEILINGS: dict[str, int] = {}
+# "path:qualified name" -> lines today. reorder's rebuild is a hot loop with its state in locals:
+# moving its hole search into a method made reorder about 6% slower (refill_w, 117 lines before
+# issue 15, was split at no cost).
+FUNCTION_CEILINGS = {
+    "blocks/reordering.py:_State.pull_forward": 95,
+}
 
 
 def _functions(tree: ast.AST, prefix: str = "") -> Iterator[tuple[str, int]]:

@@ -137,10 +137,28 @@ class _State:
                     ready = e
             e_r, hl = end[r], holes[r]
             b = ready if ready > e_r else e_r
-            i = 0
             if hl and ready < e_r:
-                room = caps[r] - alloc[op] + eps if is_f[op] else None
-                i, b = self._hole(hl, ready, e_r, d, room, held[r], mem[r], busy[r])
+                i = bisect_left(hl, ready)
+                if i < len(hl) and is_f[op]:
+                    # An F moved into a hole holds its activation over [b, e_r) too: b must
+                    # follow the last slot there with no room for it. From e_r on the rank
+                    # holds `held`; if even that leaves no room, only the end is left (below).
+                    room = caps[r] - alloc[op] + eps
+                    if held[r] > room:
+                        i = len(hl)
+                    else:
+                        mr, t, stop = mem[r], e_r - 1, hl[i]
+                        while t >= stop and mr[t] <= room:
+                            t -= 1
+                        if t >= stop:
+                            i = bisect_left(hl, t + 1)
+                row = busy[r]
+                while i < len(hl):
+                    c = hl[i]
+                    if d == 1 or not any(row[c:min(c + d, e_r)]):
+                        b = c
+                        break
+                    i += 1
             if b > pos[key]:  # a valid input has room for every pass at its own slot
                 raise SpecError(
                     f"reorder needs a valid timed layout: {self.src.action(key)} on rank {r} "
@@ -185,33 +203,6 @@ class _State:
             else:
                 self._place(r, b, d, alloc[op], release[op], end, holes, busy, mem, held)
         self.pos = new
-
-    @staticmethod
-    def _hole(
-        hl: list[int], ready: int, e_r: int, d: int, room: float | None, held: float,
-        mr: list[float], row: bytearray,
-    ) -> tuple[int, int]:
-        """``(index in hl, slot)`` of the first hole at or after ``ready`` where a pass of ``d``
-        slots fits, or ``(len(hl), e_r)`` (the rank's end) when none does. ``room`` (an F's
-        only): the most the rank may hold before the F starts."""
-        i = bisect_left(hl, ready)
-        if i < len(hl) and room is not None:
-            # An F moved into a hole holds its activation over [b, e_r) too: b must follow the
-            # last slot there with no room for it. From e_r on the rank holds `held`; if even
-            # that leaves no room, only the end is left.
-            if held > room:
-                return len(hl), e_r
-            t, stop = e_r - 1, hl[i]
-            while t >= stop and mr[t] <= room:
-                t -= 1
-            if t >= stop:
-                i = bisect_left(hl, t + 1)
-        while i < len(hl):
-            c = hl[i]
-            if d == 1 or not any(row[c:min(c + d, e_r)]):
-                return i, c
-            i += 1
-        return i, e_r
 
     @staticmethod
     def _place(

@@ -80,12 +80,15 @@ class _Refill:
     each scheduled pass's end, -1 until then."""
 
     __slots__ = ("tab", "caps", "slack", "eps", "m", "nm", "last", "end", "seq", "out", "pos",
-                 "clock", "held", "pending", "waiting", "heap")
+                 "clock", "held", "pending", "waiting", "heap", "f_t", "b_t", "w_t", "mem_f",
+                 "mem_w")
 
     def __init__(self, schedule: Schedule, tab: Tables, caps: list[float], slack: float) -> None:
         spec = schedule.spec
         p, n, m = spec.num_ranks, spec.num_stages, spec.num_microbatches
         self.tab, self.caps, self.slack, self.eps = tab, caps, slack, cap_tolerance(caps)
+        self.f_t, self.b_t, self.w_t = tab.f, tab.b, tab.w
+        self.mem_f, self.mem_w = tab.mem_f, tab.mem_w
         self.m, self.nm, self.last = m, n * m, n - 1
         self.end = [-1.0] * (3 * n * m)
         self.seq = [[a for a in prog if a.kind is not Pass.W] for prog in schedule.programs]
@@ -101,7 +104,9 @@ class _Refill:
         """Take the rank that is free first; run its next F or B, or a W, or let it wait."""
         heap, clock, pos, seq, held = self.heap, self.clock, self.pos, self.seq, self.held
         pending, caps, eps, slack = self.pending, self.caps, self.eps, self.slack
-        mem_f, w_t = self.tab.mem_f, self.tab.w
+        mem_f, f_t, b_t, w_t, end = self.mem_f, self.f_t, self.b_t, self.w_t, self.end
+        m, nm, last, tab = self.m, self.nm, self.last, self.tab
+        comm_act, comm_grad, rank_of = tab.comm_act, tab.comm_grad, tab.rank_of
         while heap:
             t, r = heapq.heappop(heap)
             if t != clock[r] or pos[r] > len(seq[r]):
@@ -122,7 +127,27 @@ class _Refill:
                     )
                 self._run_w(r, t)
                 continue
-            ready, missing, wait = self._wait(a, t)
+            # when can `a` start, as far as its dependencies are known? One not scheduled yet
+            # cannot end before its rank is free and it has run.
+            s, j = a.stage, a.mb
+            ready, missing, bound = 0.0, -1, 0.0
+            deps: list[tuple[int, float, float]] = []  # (index, transfer, its duration)
+            if a.kind is Pass.F:
+                if s > 0:
+                    deps.append(((s - 1) * m + j, comm_act[s], f_t[s - 1]))
+            else:
+                deps.append((s * m + j, 0.0, f_t[s]))
+                if s < last:
+                    deps.append((nm + (s + 1) * m + j, comm_grad[s], b_t[s + 1]))
+            for k, comm, d in deps:
+                e = end[k]
+                if e < 0:
+                    missing = k
+                    q = rank_of[(k % nm) // m]
+                    bound = max(bound, max(clock[q], t) + d + comm)
+                elif e + comm > ready:
+                    ready = e + comm
+            wait = (bound if missing >= 0 else ready) - t
             if pending[r] and wait > eps and wait >= slack * w_t[pending[r][0][0]] - eps:
                 self._run_w(r, t)
             elif missing >= 0:
@@ -136,54 +161,30 @@ class _Refill:
             raise SpecError(f"refill_w: ranks {stuck} cannot finish; the input schedule's F/B "
                             f"order is not executable (validate it)")
 
-    def _wait(self, a: Action, t: float) -> tuple[float, int, float]:
-        """When ``a`` can start as far as its dependencies are known: (ready, the index of a
-        dependency not scheduled yet or -1, how long the rank would wait from ``t``). An
-        unscheduled dependency cannot end before its rank is free and it has run."""
-        tab, end, clock, m, nm = self.tab, self.end, self.clock, self.m, self.nm
-        s, j = a.stage, a.mb
-        ready, missing, bound = 0.0, -1, 0.0
-        deps: list[tuple[int, float, float]] = []  # (index, transfer, duration of the dep)
-        if a.kind is Pass.F:
-            if s > 0:
-                deps.append(((s - 1) * m + j, tab.comm_act[s], tab.f[s - 1]))
-        else:
-            deps.append((s * m + j, 0.0, tab.f[s]))
-            if s < self.last:
-                deps.append((nm + (s + 1) * m + j, tab.comm_grad[s], tab.b[s + 1]))
-        for k, comm, d in deps:
-            e = end[k]
-            if e < 0:
-                missing = k
-                q = tab.rank_of[(k % nm) // m]
-                bound = max(bound, max(clock[q], t) + d + comm)
-            elif e + comm > ready:
-                ready = e + comm
-        return ready, missing, (bound if missing >= 0 else ready) - t
-
     def _start(self, r: int, a: Action, start: float) -> None:
         """Schedule ``a`` on rank r at ``start``; wake the ranks waiting for it."""
-        tab, held = self.tab, self.held
+        held = self.held
         s, j = a.stage, a.mb
         if a.kind is Pass.F:
-            held[r] += tab.mem_f[s]
-            fin, code = start + tab.f[s], 0
+            held[r] += self.mem_f[s]
+            fin, code = start + self.f_t[s], 0
         elif a.kind is Pass.W:
-            fin, code = start + tab.w[s], 2
-            held[r] -= tab.mem_w[s]
+            fin, code = start + self.w_t[s], 2
+            held[r] -= self.mem_w[s]
         else:
             fused = a.kind is Pass.BW
-            fin, code = start + tab.b[s] + (tab.w[s] if fused else 0.0), 1
-            held[r] -= tab.mem_f[s] if fused else tab.mem_f[s] - tab.mem_w[s]
+            fin, code = start + self.b_t[s] + (self.w_t[s] if fused else 0.0), 1
+            held[r] -= self.mem_f[s] if fused else self.mem_f[s] - self.mem_w[s]
             if not fused:
                 self.pending[r].append((s, j))
         k = (code * (self.last + 1) + s) * self.m + j
         self.end[k] = fin
         self.out[r].append(a)
         self.clock[r] = fin
-        heapq.heappush(self.heap, (fin, r))
+        heap = self.heap
+        heapq.heappush(heap, (fin, r))
         for q in self.waiting.pop(k, ()):
-            heapq.heappush(self.heap, (self.clock[q], q))
+            heapq.heappush(heap, (self.clock[q], q))
 
     def _run_w(self, r: int, start: float) -> None:
         s, j = self.pending[r].popleft()
