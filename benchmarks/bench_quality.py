@@ -109,7 +109,8 @@ def markdown(result: dict[str, Any], md_dir: Path = c.ROOT / "docs") -> str:
         "metric (max span vs busy), *global* counts every rank from 0 to the makespan, *peak* "
         "is the worst rank's activation memory as a fraction of 1F1B's.",
         "",
-        "- **unit**: F = B = W = 1, no transfer cost, unit memory (DESIGN.md section 5).",
+        "- **unit**: F = B = W = 1, no transfer cost, unit memory ([design.md, 'Closed forms']"
+        "(design.md#closed-forms)).",
         f"- **7b**: the transformer preset for a 7B-class GPT ({m7['layers']} layers, hidden "
         f"{m7['hidden']}, {m7['heads']} heads, sequence {m7['seq_len']}, vocabulary "
         f"{m7['vocab']}, microbatch {m7['microbatch_size']}, {m7['bytes_per_element']:g}-byte "

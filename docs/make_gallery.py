@@ -5,7 +5,7 @@
 Writes ``docs/img/<name>.png`` for each generator, ``docs/img/compare.png`` (a few schedules on
 one time axis), one larger case at p = 8, m = 16, and ``docs/gallery.md`` with the table of
 metrics. Unit costs throughout (F = B = W = 1 per rank, no transfer cost, unit memory), the
-setting of the closed forms in shared/DESIGN.md section 5. A generator that cannot make
+setting of the closed forms in docs/design.md, "Closed forms". A generator that cannot make
 p = 4, m = 8 (it raises SpecError) is listed with its reason instead of a picture.
 """
 

@@ -67,3 +67,16 @@ def test_doc_example_runs(where: str, kind: str, body: str, tmp_path: pathlib.Pa
         else:
             assert out.returncode == 0, f"{where}: {line}\n{out.stderr}"
         ran += 1
+
+
+def test_design_citations_name_real_sections() -> None:
+    """Every ``docs/design.md, "Section"`` cited in the package names a heading of design.md."""
+    headings = {line[3:].strip() for line in (ROOT / "docs" / "design.md").read_text().splitlines()
+                if line.startswith("## ")}
+    cite = re.compile(r'docs/design\.md,\s+("[^"]+"(?:\s+and\s+"[^"]+")*)')
+    cited = {" ".join(name.split())
+             for path in (ROOT / "pipeblocks").rglob("*.py")
+             for m in cite.finditer(path.read_text())
+             for name in re.findall(r'"([^"]+)"', m.group(1))}
+    assert len(cited) >= 8 and cited <= headings, cited - headings
+    assert "DESIGN.md" not in "".join(p.read_text() for p in (ROOT / "pipeblocks").rglob("*.py"))

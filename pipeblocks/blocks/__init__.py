@@ -3,7 +3,8 @@
 The CM paper (Qi, Wan, Amar, Lin 2024, "Pipeline Parallelism with Controllable Memory", arXiv
 2405.15362) builds schedules from a *building block*: the start slot of every pass of one
 microbatch. Repeated every T slots it gives a pipeline whose peak memory follows from the
-block's lifespans (shared/DESIGN.md section 7). The path from a block to a schedule:
+block's lifespans (docs/design.md, "Lifespan and the peak bound"). The path from a block to a
+schedule:
 
 - :class:`BuildingBlock` / :class:`BlockPass`: the pattern; :func:`check_block` and
   :func:`find_collision` say whether it can be repeated.

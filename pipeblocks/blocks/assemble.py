@@ -5,8 +5,9 @@ an ordinary :class:`~pipeblocks.ir.Schedule`, and list execution
 (:func:`pipeblocks.sim.simulate`) gives its real times under any cost model. Memory peaks are
 unchanged (they depend only on each rank's order).
 
-:func:`build` runs the CM recipe (Qi, Wan, Amar, Lin 2024, arXiv 2405.15362; shared/DESIGN.md
-sections 6 and 7): fill the open W's, repeat, reorder warm-up and cool-down, squeeze.
+:func:`build` runs the CM recipe (Qi, Wan, Amar, Lin 2024, arXiv 2405.15362; docs/design.md,
+"Generation rules" and "Lifespan and the peak bound"): fill the open W's, repeat, reorder
+warm-up and cool-down, squeeze.
 
     >>> from pipeblocks.ir import Pass
     >>> from pipeblocks.blocks.block import BlockPass, BuildingBlock

@@ -5,8 +5,8 @@ Memory", arXiv 2405.15362) gives, for each pass of microbatch 0, its start ``off
 ``duration`` in slots; its rank comes from the placement. Microbatch k runs the same pattern
 ``k * period`` slots later. Repeating it is only possible when, on every rank, the slots the
 passes occupy are distinct modulo the period (:func:`find_collision`), and it only describes a
-real schedule when every pass starts after the passes it depends on (shared/DESIGN.md section
-2; :func:`check_block` checks both).
+real schedule when every pass starts after the passes it depends on (docs/design.md,
+"Passes and dependencies"; :func:`check_block` checks both).
 
 A stage that has a B but no W in the block leaves its W to be *filled* into the free slots of
 its rank (:func:`pipeblocks.blocks.fill.fill_w`); such a block is *open*.
@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from pipeblocks.errors import CollisionError, ScheduleError, SpecError
 from pipeblocks.ir.actions import Action, Pass
+from pipeblocks.ir.ascii import rows_text
 from pipeblocks.ir.spec import PipelineSpec, Placement
 
 __all__ = ["BlockPass", "BuildingBlock", "Collision", "find_collision", "check_block"]
@@ -173,7 +174,8 @@ class BuildingBlock:
                              self.placement, self.w_duration)
 
     def deps(self, bp: BlockPass) -> Iterator[BlockPass]:
-        """The passes of the same microbatch that ``bp`` waits for (shared/DESIGN.md section 2)."""
+        """The passes of the same microbatch that ``bp`` waits for (docs/design.md, "Passes and
+        dependencies")."""
         s = bp.stage
         if bp.kind is Pass.F:
             if s > 0:
@@ -201,22 +203,7 @@ class BuildingBlock:
                     r = t % self.period
                     cells[r] = text if cells[r] == "." else f"{cells[r]}|{text}"
             rows.append(cells)
-        width = max(len(c) for row in rows for c in row)
-        label_w = len(f"rank {self.num_ranks - 1}")
-        lines = []
-        for rank, cells in enumerate(rows):
-            parts = []
-            after = False
-            for t, c in enumerate(cells):
-                text = c.rjust(width)
-                if mark == (rank, t):
-                    parts.append(f"[{text}]")
-                    after = True
-                else:
-                    parts.append(text if after else f" {text}")
-                    after = False
-            lines.append(f"{f'rank {rank}'.ljust(label_w)} |{''.join(parts)}".rstrip())
-        return "\n".join(lines)
+        return rows_text(rows, mark)
 
     def __str__(self) -> str:
         return self.pattern()

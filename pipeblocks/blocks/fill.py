@@ -1,9 +1,10 @@
 """W-filling: give every W left open in a building block a free slot of its rank.
 
-The rule (shared/DESIGN.md section 6): each free slot of a rank gets the oldest pending W, where
-a W is pending once its B has ended. Applied to the block repeated forever, the first-in
-first-out queue of pending W's settles into a pattern that repeats every period; :func:`fill_w`
-runs the queue until it does and writes that steady pattern back into the block as W offsets.
+The rule (docs/design.md, "Generation rules"): each free slot of a rank gets the oldest
+pending W, where a W is pending once its B has ended. Applied to the block repeated forever,
+the first-in first-out queue of pending W's settles into a pattern that repeats every period;
+:func:`fill_w` runs the queue until it does and writes that steady pattern back into the block
+as W offsets.
 A W thus lands in the same free slot (modulo the period) for every microbatch, and the block's
 lifespans and peak bound (:mod:`pipeblocks.blocks.lifespan`) are those of the stable phase.
 

@@ -25,6 +25,7 @@ from pipeblocks.blocks.block import BlockPass, BuildingBlock, check_block
 from pipeblocks.blocks.fill import fill_w
 from pipeblocks.errors import SpecError
 from pipeblocks.ir.actions import Action
+from pipeblocks.ir.ascii import rows_text
 from pipeblocks.ir.spec import PipelineSpec
 
 __all__ = ["Placed", "Layout", "repeat"]
@@ -127,12 +128,7 @@ class Layout:
                 text = f"{bp.kind.value}{placed.mb}" if one else f"{bp.stage}{bp.kind.value}{placed.mb}"
                 cells.extend([text] * bp.duration)
             cells_by_rank.append(cells)
-        width = max((len(c) for cells in cells_by_rank for c in cells), default=1)
-        label_w = len(f"rank {len(cells_by_rank) - 1}")
-        return "\n".join(
-            f"{f'rank {r}'.ljust(label_w)} |" + "".join(f" {c.rjust(width)}" for c in cells)
-            for r, cells in enumerate(cells_by_rank)
-        )
+        return rows_text(cells_by_rank)
 
 
 def repeat(block: BuildingBlock, num_microbatches: int) -> Layout:

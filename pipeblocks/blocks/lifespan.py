@@ -1,10 +1,10 @@
 """Lifespans, the peak-memory bound of a building block, and exact peaks.
 
 The lifespan of a stage is the time from the start of its F to the end of the pass that frees
-its activation: W (the unit memory model holds the whole activation until W, shared/DESIGN.md
-section 3) or BW for a fused backward. Repeated every T slots, a stage is alive for at most
-ceil(lifespan / T) microbatches at once, so a rank never holds more than (CM paper, Qi, Wan,
-Amar, Lin 2024, arXiv 2405.15362; shared/DESIGN.md section 7)
+its activation: W (the unit memory model holds the whole activation until W, docs/design.md,
+"Memory accounting") or BW for a fused backward. Repeated every T slots, a stage is alive for
+at most ceil(lifespan / T) microbatches at once, so a rank never holds more than (CM paper,
+Qi, Wan, Amar, Lin 2024, arXiv 2405.15362; docs/design.md, "Lifespan and the peak bound")
 
     peak bound(rank) = sum over its stages of ceil(lifespan / T) * mem_f.
 
@@ -26,11 +26,13 @@ they end). An open block is W-filled first (:func:`~pipeblocks.blocks.fill.fill_
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from pipeblocks.blocks.block import BuildingBlock
 from pipeblocks.blocks.fill import fill_w
 from pipeblocks.blocks.layout import Layout
+from pipeblocks.errors import SpecError
 from pipeblocks.ir.actions import Pass
 from pipeblocks.ir.spec import PipelineSpec
 
@@ -42,6 +44,8 @@ __all__ = [
     "peak_bound",
     "stable_peak",
     "layout_peak",
+    "per_rank_caps",
+    "cap_tolerance",
 ]
 
 
@@ -159,3 +163,28 @@ def layout_peak(layout: Layout, costs: MemoryModel | None = None) -> tuple[float
             held -= release[op]  # the others free when they end
         peaks.append(peak)
     return tuple(peaks)
+
+
+def per_rank_caps(
+    limit: float | Sequence[float] | None,
+    num_ranks: int,
+    default: Callable[[], Sequence[float]],
+    who: str,
+) -> list[float]:
+    """A memory ``limit`` as one cap per rank: a number for every rank, one number per rank,
+    or ``default()`` when it is None; ``who`` names the caller in the error for a wrong count."""
+    if limit is None:
+        return [float(x) for x in default()]
+    if isinstance(limit, int | float):
+        return [float(limit)] * num_ranks
+    caps = [float(x) for x in limit]
+    if len(caps) != num_ranks:
+        raise SpecError(f"{who} needs one limit per rank ({num_ranks}), got {len(caps)}; give "
+                        f"one number for every rank or exactly {num_ranks}")
+    return caps
+
+
+def cap_tolerance(caps: Sequence[float]) -> float:
+    """How far over a cap still counts as within it: float rounding, 1e-9 of the largest cap
+    (1e-9 at least)."""
+    return 1e-9 * max(1.0, *map(abs, caps))

@@ -2,7 +2,7 @@
 
 A repeated block runs its stable pattern from the first microbatch to the last, so the ranks
 idle while the pipeline fills (warm-up) and drains (cool-down). :func:`reorder` closes those
-gaps in two steps (shared/DESIGN.md section 6; the CM paper, Qi, Wan, Amar, Lin 2024, arXiv
+gaps in two steps (docs/design.md, "Generation rules"; the CM paper, Qi, Wan, Amar, Lin 2024, arXiv
 2405.15362, reorders the same two phases):
 
 1. **Pull forward.** In slot order, every pass moves to the earliest free slot of its rank at or
@@ -40,7 +40,13 @@ from bisect import bisect_left
 from collections.abc import Sequence
 
 from pipeblocks.blocks.layout import Layout
-from pipeblocks.blocks.lifespan import MemoryModel, pass_memory, stable_peak
+from pipeblocks.blocks.lifespan import (
+    MemoryModel,
+    cap_tolerance,
+    pass_memory,
+    per_rank_caps,
+    stable_peak,
+)
 from pipeblocks.errors import SpecError
 from pipeblocks.ir.actions import Pass
 
@@ -64,14 +70,7 @@ def reorder(
     """
     block = layout.block
     p = block.num_ranks
-    if limit is None:
-        caps = list(stable_peak(block, costs))
-    elif isinstance(limit, int | float):
-        caps = [float(limit)] * p
-    else:
-        caps = [float(x) for x in limit]
-        if len(caps) != p:
-            raise SpecError(f"reorder needs one limit per rank ({p}), got {len(caps)}")
+    caps = per_rank_caps(limit, p, lambda: stable_peak(block, costs), "reorder")
     state = _State(layout, caps, costs)
     state.pull_forward()
     state.cool_down()
@@ -107,7 +106,7 @@ class _State:
                 self.w_of[i] = index.get((bp.stage, Pass.W))
         self.pos = list(layout.starts)
         self.src = layout
-        self.eps = 1e-9 * max([1.0, *map(abs, caps)])
+        self.eps = cap_tolerance(caps)
 
     def pull_forward(self) -> None:
         """Rebuild the layout pass by pass in slot order, each at its earliest allowed slot.

@@ -35,7 +35,7 @@ def gpipe(spec: PipelineSpec) -> Schedule:
 def one_f_one_b(spec: PipelineSpec) -> Schedule:
     """1F1B: rank r warms up with min(p-1-r, m) F's, alternates F/BW, drains the rest.
 
-    Rank r holds at most p - r microbatches' activations (shared/DESIGN.md section 6).
+    Rank r holds at most p - r microbatches' activations (docs/design.md, "Generation rules").
 
     >>> print(one_f_one_b(PipelineSpec(3, 4)))
     rank 0 |  F0  F1  F2 BW0  F3 BW1 BW2 BW3

@@ -1,8 +1,9 @@
 """1F1B-V: 1F1B's fused backward on the V placement, at about 2/3 of 1F1B's memory.
 
 Our own design, built the way the building blocks of Qi et al. 2024 (Pipeline Parallelism with
-Controllable Memory, shared/DESIGN.md section 7) are: place one microbatch's passes, repeat the
-placement every T slots, and let each rank run its passes in slot order.
+Controllable Memory; docs/design.md, "Lifespan and the peak bound") are: place one
+microbatch's passes, repeat the placement every T slots, and let each rank run its passes in
+slot order.
 
     >>> from pipeblocks.generators import generate
     >>> from pipeblocks.sim import simulate

@@ -58,8 +58,8 @@ def interleaved_1f1b(spec: PipelineSpec) -> Schedule:
     Rank r walks virtual microbatches k = 0..m·v-1 in groups of p·v: in group g = k // (p·v)
     the forward chunk is (k mod p·v) // p and the microbatch g·p + k mod p; the backward walks
     the same k with the chunks reversed (v-1-chunk). Rank r warms up with
-    min(2(p-1-r) + (v-1)·p, m·v) F's, alternates F/BW, then drains the BW's (shared/DESIGN.md
-    section 6). Needs v >= 2 and m % p == 0. Under unit costs the bubble rate is
+    min(2(p-1-r) + (v-1)·p, m·v) F's, alternates F/BW, then drains the BW's (docs/design.md,
+    "Generation rules"). Needs v >= 2 and m % p == 0. Under unit costs the bubble rate is
     (p-1)/(v·m + p-1); rank 0's peak is (v+1)·p - 1 chunk-activations, i.e. 1 + (p-1)/(p·v) of
     1F1B's, once m >= 2p (with m = p every rank holds all of its m·v activations).
 
@@ -95,8 +95,8 @@ def interleaved_1f1b(spec: PipelineSpec) -> Schedule:
 def looped_bfs(spec: PipelineSpec) -> Schedule:
     """Looped breadth-first (BFS): each local stage runs all m F's before the next one.
 
-    The backward walks the local stages in reverse, all m microbatches per stage (shared/
-    DESIGN.md section 6). Every rank holds all m·v of its activations at the end of the forward
+    The backward walks the local stages in reverse, all m microbatches per stage (docs/design.md,
+    "Generation rules"). Every rank holds all m·v of its activations at the end of the forward
     (peak m/p of 1F1B's, as GPipe); v = 1 is GPipe. Under unit costs the bubble rate is
     (p-1)/(v·m + p-1) once m >= p (then rank 0's m F's of one local stage outlast the first
     microbatch's trip over the other ranks, so the loop never waits).

@@ -144,11 +144,13 @@ def generate(
 
 
 def _load() -> None:
+    # The modules beside this one, found by path: importing the package here would make
+    # registry and package import each other (tests/test_import_graph.py forbids cycles).
     import importlib
     import pkgutil
+    from pathlib import Path
 
-    import pipeblocks.generators as pkg
-
-    for info in pkgutil.iter_modules(pkg.__path__):
+    package = __name__.rpartition(".")[0]
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if info.name not in ("registry",):
-            importlib.import_module(f"{pkg.__name__}.{info.name}")
+            importlib.import_module(f"{package}.{info.name}")

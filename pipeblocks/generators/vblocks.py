@@ -6,7 +6,7 @@ of a stage takes one slot, so a rank works 6 slots per microbatch (F, B and W of
 and the block repeats every 6 slots. A block is fixed by the slots of F(chunk 0), F(chunk 1),
 B(chunk 1) and B(chunk 0) on each rank (:func:`v_block`); consecutive ranks are δ0 slots apart
 for chunk-0 F's and chunk-1 B's and δ1 for chunk-1 F's and chunk-0 B's, and the peak is about
-(δ0 + δ1) / 6 of 1F1B's (shared/DESIGN.md section 7):
+(δ0 + δ1) / 6 of 1F1B's (docs/design.md, "Lifespan and the peak bound"):
 
 - ``v-min`` (δ0, δ1) = (1, 1): peak floor((p+4)/3)/p of 1F1B's, bubble about 2/3 of 1F1B's.
 - ``v-half`` (2, 1): peak floor((p+2)/2)/p, bubble about half of 1F1B's.

@@ -30,7 +30,7 @@ def zb_v(spec: PipelineSpec) -> Schedule:
 
     Microbatches are padded to m' = max(m, 2p-1) (the warm-up needs 2p-1 of them on rank 0)
     and the padded ones' passes are dropped at the end, which keeps the schedule valid because
-    no dependency crosses microbatches. Phases of rank r (shared/DESIGN.md section 6):
+    no dependency crosses microbatches. Phases of rank r (docs/design.md, "Generation rules"):
 
     - ``nF0``: 2(p-r)-1 F(s0); ``nF1F0``: r times (F(s1), F(s0));
     - ``nF1B1W1``: p-r times (F(s1), B(s1), W(s1));

@@ -22,7 +22,7 @@ __all__ = ["zb_h1", "zb_h2", "zb_handcrafted"]
 
 
 def zb_handcrafted(spec: PipelineSpec, depth: int) -> Schedule:
-    """ZB-H1 (``depth`` 1) or ZB-H2 (``depth`` 2) on ``spec`` (shared/DESIGN.md section 6).
+    """ZB-H1 (``depth`` 1) or ZB-H2 (``depth`` 2) on ``spec`` (docs/design.md, "Generation rules").
 
     Rank r warms up with min(c·(p-1-r), m) F's (c = ``depth``); then for each microbatch i: the
     next F if any remain, B(i), and the oldest pending W once i >= c·r. The c·r deferred W's

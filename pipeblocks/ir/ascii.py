@@ -1,7 +1,8 @@
 """ASCII grids of schedules, for people and for error messages.
 
 One row per rank, one column per program position (not a time axis: see
-:mod:`pipeblocks.visual` for timed pictures). Where a rank holds one stage the cell is
+:mod:`pipeblocks.visual` for timed pictures). :func:`rows_text` lays out any such rows of
+cells; the building blocks' patterns and slot layouts use it too. Where a rank holds one stage the cell is
 ``<letter><mb>``, else ``<stage><letter><mb>``. A marked cell is shown as ``[cell]``.
 
     >>> from pipeblocks.ir import Action, Pass, PipelineSpec, Schedule
@@ -14,12 +15,13 @@ One row per rank, one column per program position (not a time axis: see
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pipeblocks.ir.schedule import Schedule
 
-__all__ = ["grid"]
+__all__ = ["grid", "rows_text"]
 
 _MAX_COLUMNS = 64
 
@@ -39,23 +41,37 @@ def grid(schedule: Schedule, mark: tuple[int, int] | None = None, max_columns: i
         hi = lo + max_columns
     # Only the shown window is formatted: error grids of p=64, m=512 schedules stay cheap.
     cells = [[a.short(with_stage) for a in prog[lo:hi]] for prog in programs]
+    prefix = "... " if lo > 0 else ""
+    ends = [(prefix, " ..." if hi < len(prog) else "") for prog in programs]
+    return rows_text(cells, mark, first=lo, ends=ends)
+
+
+def rows_text(
+    cells: Sequence[Sequence[str]],
+    mark: tuple[int, int] | None = None,
+    *,
+    first: int = 0,
+    ends: Sequence[tuple[str, str]] = (),
+) -> str:
+    """One line ``rank r |`` per row, each cell right-aligned to the widest and after a space;
+    ``mark=(row, column)`` (columns counted from ``first``) brackets one cell instead;
+    ``ends[r]`` is text put before and after row r's cells (an elided window's ``...``)."""
     width = max((len(c) for row in cells for c in row), default=1)
-    label_w = len(f"rank {schedule.spec.num_ranks - 1}")
+    label_w = len(f"rank {len(cells) - 1}")
     lines = []
-    for rank, (prog, row) in enumerate(zip(programs, cells, strict=True)):
+    for rank, row in enumerate(cells):
         parts = []
         after_mark = False
-        for pos in range(lo, lo + len(row)):
-            text = row[pos - lo].rjust(width)
-            if mark == (rank, pos):
+        for col, cell in enumerate(row, first):
+            text = cell.rjust(width)
+            if mark == (rank, col):
                 parts.append(f"[{text}]")
                 after_mark = True
             else:
                 parts.append(text if after_mark else f" {text}")
                 after_mark = False
-        prefix = "... " if lo > 0 else ""
-        suffix = " ..." if hi < len(prog) else ""
-        line = f"{f'rank {rank}'.ljust(label_w)} |{prefix}{''.join(parts)}{suffix}"
+        before, after = ends[rank] if ends else ("", "")
+        line = f"{f'rank {rank}'.ljust(label_w)} |{before}{''.join(parts)}{after}"
         lines.append(line.rstrip())
     return "\n".join(lines)
 

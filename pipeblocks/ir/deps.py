@@ -1,6 +1,6 @@
-"""Dependencies between passes and the list execution every checker and the simulator share.
+"""Dependencies between passes and the one list execution the validator and simulator share.
 
-The rules (shared/DESIGN.md section 2):
+The rules (docs/design.md, "Passes and dependencies"):
 
 - F(s, j) after F(s-1, j).
 - B(s, j) or BW(s, j) after F(s, j) and after the input-gradient pass (B or BW) of (s+1, j);
@@ -9,8 +9,10 @@ The rules (shared/DESIGN.md section 2):
 
 Within a rank passes run in program order, one at a time. :func:`walk` list-executes the
 programs: it advances every rank whose next action has all its dependencies done, in O(actions).
-It does not need times, so the validator (is the schedule feasible?) and the simulator (when
-does each pass run?) use the same traversal.
+The validator asks it whether the schedule can finish; the simulator hands it a :class:`Timing`
+(pass durations and transfer times) and it also says when every pass starts and ends: a pass
+starts when its rank is free and every dependency has ended, plus the transfer when that
+dependency ran on another rank.
 
     >>> from pipeblocks.ir import Action, Pass
     >>> needs(Action(2, Pass.B, 0), num_stages=4)
@@ -19,13 +21,14 @@ does each pass run?) use the same traversal.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
+from pipeblocks.errors import SpecError
 from pipeblocks.ir.actions import Action, Pass
 from pipeblocks.ir.schedule import Schedule
 
-__all__ = ["needs", "key", "walk", "Blocked"]
+__all__ = ["needs", "key", "walk", "Blocked", "Timing"]
 
 
 def key(action: Action) -> Action:
@@ -55,6 +58,25 @@ class Blocked:
     position: int
     action: Action
     missing: Action
+    unmet: tuple[Action, ...] = field(default=(), compare=False)
+    """Every dependency of ``action`` that had not run, ``missing`` first."""
+
+
+@dataclass(slots=True)
+class Timing:
+    """The timing hook of :func:`walk`: per-stage times in, each pass's start and end out.
+
+    ``durations[code][stage]`` with code 0 = F, 1 = B, 2 = W, 3 = BW; ``comm_act[s]``: the
+    activation transfer from stage s-1 into s, ``comm_grad[s]``: the gradient transfer from
+    s+1 into s (0 where both stages are on one rank). :func:`walk` fills ``starts[r]`` and
+    ``ends[r]`` with the times of ``programs[r]``, position by position, as far as it ran.
+    """
+
+    durations: Sequence[Sequence[float]]
+    comm_act: Sequence[float]
+    comm_grad: Sequence[float]
+    starts: list[list[float]] = field(default_factory=list)
+    ends: list[list[float]] = field(default_factory=list)
 
 
 Visit = Callable[[int, int, Action, tuple[tuple[int, Action], ...]], None]
@@ -67,16 +89,24 @@ Visit = Callable[[int, int, Action, tuple[tuple[int, Action], ...]], None]
 _F, _B, _W = Pass.F, Pass.B, Pass.W
 
 
-def walk(schedule: Schedule, visit: Visit | None = None) -> list[Blocked]:
+def walk(
+    schedule: Schedule, visit: Visit | None = None, *, timing: Timing | None = None
+) -> list[Blocked]:
     """List-execute ``schedule``; return the ranks left blocked (empty when it finishes).
 
     ``visit(rank, position, action, deps)`` is called once per action in an order that respects
     every dependency; ``deps`` holds ``(rank, key)`` of each dependency that ran, in the order
     :func:`needs` gives. The caller must have checked that every key is produced at most once
     (the validator does). Each rank runs as far as it can before the next; the final positions
-    do not depend on that order (running a pass never stops another from running).
+    do not depend on that order (running a pass never stops another from running), nor do the
+    times: ``timing`` (not with ``visit``) gets every pass's start and end, and an index
+    outside the spec raises :class:`~pipeblocks.errors.SpecError`.
     """
-    if visit is None and _packable(schedule):
+    if timing is not None:
+        if visit is not None:
+            raise SpecError("walk takes a visit or a timing, not both; make two walks")
+        pos = _advance_timed(schedule, timing)
+    elif visit is None and _packable(schedule):
         pos = _advance_packed(schedule)
     else:
         pos = _advance(schedule, visit)
@@ -188,6 +218,86 @@ def _advance_packed(schedule: Schedule) -> list[int]:
     return pos
 
 
+def _advance_timed(schedule: Schedule, timing: Timing) -> list[int]:
+    """The packed execution with times: ``end[i]`` is the end of the pass with index
+    i = (code * S + stage) * m + mb (code 0 = F, 1 = B or BW, 2 = W), -1 while it has not run.
+    Written out flat, like the loop above: it runs once per pass of a million-pass schedule."""
+    spec = schedule.spec
+    p, num_stages, m = spec.num_ranks, spec.num_stages, spec.num_microbatches
+    d_f, d_b, d_w, d_bw = timing.durations
+    comm_act, comm_grad = timing.comm_act, timing.comm_grad
+    sm = num_stages * m
+    end = [-1.0] * (3 * sm)
+    waiting: dict[int, list[int]] = {}
+    pos = [0] * p
+    free = [0.0] * p
+    starts: list[list[float]] = [[] for _ in range(p)]
+    ends: list[list[float]] = [[] for _ in range(p)]
+    timing.starts, timing.ends = starts, ends
+    programs = schedule.programs
+    ready = list(range(p))
+    last = num_stages - 1
+    kind_f, kind_b, kind_w = _F, _B, _W  # locals: read once per pass
+    while ready:
+        r = ready.pop()
+        prog = programs[r]
+        i, t_free, n = pos[r], free[r], len(prog)
+        st, en = starts[r], ends[r]
+        while i < n:
+            a = prog[i]
+            s, j, kind = a.stage, a.mb, a.kind
+            if not (0 <= s < num_stages and 0 <= j < m):
+                raise SpecError(f"rank {r} position {i}: {a} is out of range ({spec.describe()})")
+            start = t_free
+            if kind is kind_f:
+                if s > 0:
+                    e = end[(s - 1) * m + j]
+                    if e < 0:
+                        waiting.setdefault((s - 1) * m + j, []).append(r)
+                        break
+                    e += comm_act[s]
+                    if e > start:
+                        start = e
+                k = s * m + j
+                fin = start + d_f[s]
+            elif kind is kind_w:
+                e = end[sm + s * m + j]
+                if e < 0:
+                    waiting.setdefault(sm + s * m + j, []).append(r)
+                    break
+                if e > start:
+                    start = e
+                k = 2 * sm + s * m + j
+                fin = start + d_w[s]
+            else:  # B or BW
+                e = end[s * m + j]
+                if e < 0:
+                    waiting.setdefault(s * m + j, []).append(r)
+                    break
+                if e > start:
+                    start = e
+                if s < last:
+                    e = end[sm + (s + 1) * m + j]
+                    if e < 0:
+                        waiting.setdefault(sm + (s + 1) * m + j, []).append(r)
+                        break
+                    e += comm_grad[s]
+                    if e > start:
+                        start = e
+                k = sm + s * m + j
+                fin = start + (d_b[s] if kind is kind_b else d_bw[s])
+            end[k] = fin
+            st.append(start)
+            en.append(fin)
+            t_free = fin
+            i += 1
+            woken = waiting.pop(k, None)
+            if woken:
+                ready.extend(woken)
+        pos[r], free[r] = i, t_free
+    return pos
+
+
 def _blocked(schedule: Schedule, pos: list[int]) -> list[Blocked]:
     """Each rank that stopped early, its head and the first dependency that head lacks."""
     programs = schedule.programs
@@ -199,8 +309,8 @@ def _blocked(schedule: Schedule, pos: list[int]) -> list[Blocked]:
     for rank, prog in enumerate(programs):
         if pos[rank] < len(prog):
             action = prog[pos[rank]]
-            wanted = next(k for k in needs(action, num_stages) if _tuple(k) not in done)
-            blocked.append(Blocked(rank, pos[rank], action, wanted))
+            unmet = tuple(k for k in needs(action, num_stages) if _tuple(k) not in done)
+            blocked.append(Blocked(rank, pos[rank], action, unmet[0], unmet))
     return blocked
 
 

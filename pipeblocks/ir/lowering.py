@@ -5,7 +5,7 @@ F(s, j) going to stage s+1 (``ACT``), or the input gradient of B/BW(s, j) going 
 (``GRAD``). A transfer between stages on the same rank (the V turn, see :mod:`pipeblocks.ir`)
 is handed over in memory and gets no op.
 
-What the runtime relies on (shared/DESIGN.md section 8):
+What the runtime relies on (docs/design.md, "Lowering and the receive rule"):
 
 - ``SEND`` posts a non-blocking send of the tensor the rank's last compute produced; every send
   comes right after its producing pass.

@@ -4,7 +4,7 @@
     >>> spec.num_stages, spec.rank_of(5), spec.stages_of(1)
     (8, 2, (1, 6))
 
-Placements (shared/DESIGN.md section 1):
+Placements (docs/design.md, "Placements"):
 
 - ``loop``: stage s on rank s mod p (v=1 is the plain chain, v>1 interleaved).
 - ``v``: v=2; stage s on rank s for s < p, else on rank 2p-1-s. The model goes down the ranks and

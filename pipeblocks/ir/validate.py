@@ -8,9 +8,10 @@ Rules, checked in this order (each failure is a :class:`~pipeblocks.errors.Sched
 - ``duplicate``: no (stage, pass, microbatch) appears twice.
 - ``split-or-fused``: per (stage, microbatch) either B and W, or BW; never both, never half.
 - ``missing``: every (stage, microbatch) has its F and its backward.
-- ``dependency``: a list execution of the programs finishes (shared/DESIGN.md section 2); the
-  error names a root of the deadlock (a blocked action whose dependency is queued behind a
-  head, its own rank's first), what it waits for and where that sits, and every blocked rank.
+- ``dependency``: a list execution of the programs finishes (docs/design.md, "Passes and
+  dependencies"); the error names a root of the deadlock (a blocked action whose dependency is
+  queued behind a head, its own rank's first), what it waits for and where that sits, and
+  every blocked rank.
 
 The whole check is O(N log N) in the number of actions N, whatever the spec's sizes: a spec with
 a huge ``num_microbatches`` and a short program fails ``missing`` at once instead of scanning

@@ -12,7 +12,7 @@ fraction becomes one limit per spec (:meth:`Budget.limit`).
 
     >>> from pipeblocks.ir import PipelineSpec
     >>> from pipeblocks.sim import UNIT
-    >>> from pipeblocks.search.tables import tables
+    >>> from pipeblocks.sim.tables import tables
     >>> Budget.fraction(0.5).limit(tables(PipelineSpec(8, 32, 2, "v"), UNIT))   # of 16 chunks
     8.0
     >>> Budget.fraction(0.5).describe(), Budget.memory(3e10).describe()
@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 
 from pipeblocks.errors import SpecError
-from pipeblocks.search.tables import Tables
+from pipeblocks.sim.tables import Tables
 
 __all__ = ["BudgetKind", "Budget", "EPS"]
 

@@ -40,12 +40,12 @@ from pipeblocks.ir.spec import PipelineSpec, Placement
 from pipeblocks.search.budget import EPS
 from pipeblocks.search.cooldown import tight_cooldown
 from pipeblocks.search.refill import program_peaks, refill_w
-from pipeblocks.search.tables import Tables, tables
 from pipeblocks.search.tail import replan_tail
 from pipeblocks.search.vshape import VParams, VTimes, stable_peaks, v_block_of, v_params, v_times
 from pipeblocks.search.zb import zb_memory_limited
 from pipeblocks.sim.costs import CostModel
 from pipeblocks.sim.engine import Simulation, simulate
+from pipeblocks.sim.tables import Tables, tables
 
 __all__ = ["Candidate", "Objective", "rank_key", "VFamily", "zb_candidates", "NamedPool",
            "FAMILIES"]
@@ -57,7 +57,7 @@ class Objective(Enum):
     """What "best" means. ``MAKESPAN``: the shortest simulated step (first pass on any rank to
     the last on any rank), then the shortest longest span. ``BUBBLE``: the papers' metric
     first, the longest span of any rank (each rank from its own first pass to its own last;
-    shared/DESIGN.md section 4), then the makespan. The papers' bounds are stated in the second;
+    docs/design.md, "Metrics"), then the makespan. The papers' bounds are stated in the second;
     the two can disagree by a slot or two (docs/search.md, "Against the paper's lower bound")."""
 
     MAKESPAN = "makespan"

@@ -44,10 +44,10 @@ from pipeblocks.search.candidates import (
     score,
     zb_candidates,
 )
-from pipeblocks.search.tables import Tables, fits, tables
 from pipeblocks.search.zb import zb_smallest_limit
 from pipeblocks.sim.costs import UNIT, CostModel, memory_unit
 from pipeblocks.sim.engine import Simulation
+from pipeblocks.sim.tables import Tables, fits, tables
 
 __all__ = ["SearchResult", "Searcher", "search", "Progress"]
 

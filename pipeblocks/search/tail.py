@@ -29,13 +29,14 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 
+from pipeblocks.blocks.lifespan import cap_tolerance, per_rank_caps
 from pipeblocks.errors import SpecError
 from pipeblocks.ir.actions import Action, Pass
 from pipeblocks.ir.schedule import Schedule
 from pipeblocks.search.refill import program_peaks
-from pipeblocks.search.tables import Tables, tables
 from pipeblocks.sim.costs import UNIT, CostModel
 from pipeblocks.sim.engine import Simulation
+from pipeblocks.sim.tables import Tables, tables
 
 __all__ = ["replan_tail", "last_f_cut", "tails"]
 
@@ -91,16 +92,12 @@ def replan_tail(
     spec = schedule.spec
     tab = tables(spec, costs)
     p = spec.num_ranks
-    if limit is None:
-        caps = list(program_peaks(schedule, tab))
-    elif isinstance(limit, int | float):
-        caps = [float(limit)] * p
-    else:
-        caps = [float(x) for x in limit]
+    caps = per_rank_caps(limit, p, lambda: program_peaks(schedule, tab), "replan_tail")
     cut = last_f_cut(schedule) if cut is None else list(cut)
     stop = [len(prog) for prog in schedule.programs] if stop is None else list(stop)
-    if len(caps) != p or len(cut) != p or len(stop) != p:
-        raise SpecError(f"replan_tail needs one limit, cut and stop per rank ({p})")
+    if len(cut) != p or len(stop) != p:
+        raise SpecError(f"replan_tail needs one cut and one stop per rank ({p}), got "
+                        f"{len(cut)} and {len(stop)}")
     run = _Run(schedule, tab, caps, cut, stop)
     if simulation is not None and simulation.schedule.programs == schedule.programs:
         run.skip_to(simulation, cut)
@@ -115,7 +112,7 @@ class _Run:
         self.schedule, self.tab, self.caps = schedule, tab, caps
         spec = schedule.spec
         self.p, self.n = spec.num_ranks, spec.num_stages
-        self.eps = 1e-9 * max(1.0, *map(abs, caps))
+        self.eps = cap_tolerance(caps)
         self.prefix = [list(prog[:c]) for prog, c in zip(schedule.programs, cut, strict=True)]
         self.suffix = [list(prog[e:]) for prog, e in zip(schedule.programs, stop, strict=True)]
         self.spos = [0] * self.p

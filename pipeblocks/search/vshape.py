@@ -1,7 +1,8 @@
 """The V-shape building blocks the search tries: rank 0's pattern, the offsets, the split rank.
 
 The CM paper's adaptive V scheduler (Qi, Wan, Amar, Lin 2024, arXiv 2405.15362, Appendix A;
-shared/DESIGN.md section 7) builds every block from a few numbers (:class:`VParams`):
+docs/design.md, "The memory-limited search") builds every block from a few numbers
+(:class:`VParams`):
 
 - rank 0's pattern: F(chunk 0) at slot 0 and F(chunk 1), B(chunk 1), B(chunk 0) at distinct
   slots ``f1``, ``b1``, ``b0`` in 1..5, all modulo the period of 6 slots (a rank runs F, B

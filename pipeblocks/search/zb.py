@@ -1,8 +1,8 @@
 """The Zero Bubble paper's memory-limited heuristic, with the real costs (loop placement, v = 1).
 
 Qi, Wan, Huang, Lin 2024, *Zero Bubble Pipeline Parallelism* (arXiv 2401.10241, section 3.1;
-shared/DESIGN.md section 7). Every rank list-executes its own decisions with the cost model's
-times, one pass at a time, never holding more than ``limit``:
+docs/design.md, "The memory-limited search"). Every rank list-executes its own decisions with
+the cost model's times, one pass at a time, never holding more than ``limit``:
 
 - warm-up (before the rank's first B): F's while they fit in memory; with ``warmup="tight"``
   only those that end before the first B can come back (they do not delay it); with
@@ -39,8 +39,8 @@ from pipeblocks.errors import SpecError
 from pipeblocks.ir.actions import Action, Pass
 from pipeblocks.ir.schedule import Schedule
 from pipeblocks.ir.spec import PipelineSpec, Placement
-from pipeblocks.search.tables import tables
 from pipeblocks.sim.costs import CostModel
+from pipeblocks.sim.tables import tables
 
 __all__ = ["zb_memory_limited", "zb_smallest_limit", "WARMUPS"]
 

@@ -6,7 +6,7 @@ memory in the model's unit: stage-activations for ``unit``, bytes where a preset
 - ``pass_time(spec, stage, kind)``: duration of one pass of ``stage`` on one microbatch.
 - ``comm_time(spec, src_rank, dst_rank, stage)``: one transfer between two different ranks.
 - ``memory(spec, stage)``: ``(mem_f, mem_w)``: F allocates mem_f; B frees mem_f - mem_w; W frees
-  mem_w; BW frees mem_f (shared/DESIGN.md section 3).
+  mem_w; BW frees mem_f (docs/design.md, "Memory accounting").
 
     >>> from pipeblocks.ir import PipelineSpec, Pass
     >>> c = UniformCosts(f=3, b=4, w=2, comm=0.5)
@@ -102,8 +102,8 @@ def one_f_one_b_peak(spec: PipelineSpec, costs: CostModel) -> float:
     r*v+v-1 of ``spec`` as one chunk, and at its peak it holds p - r microbatches' activations
     of that chunk (BW frees them whole, so mem_w does not matter). The reference is the largest
     of these over the ranks. With equal stages it is p * v * mem_f = the whole model's
-    activation for one microbatch (shared/DESIGN.md section 3); with a heavy first or last stage
-    it is what 1F1B really holds on its busiest rank.
+    activation for one microbatch (docs/design.md, "Memory accounting"); with a heavy first or
+    last stage it is what 1F1B really holds on its busiest rank.
 
     >>> one_f_one_b_peak(PipelineSpec(4, 8, 2, "v"), UNIT)
     8.0

@@ -3,15 +3,15 @@
 Each rank runs its program in order, one pass at a time. A pass starts at the later of the
 moment its rank is free and the end of each dependency, plus a transfer when the dependency ran
 on another rank (the V turn is free: see :mod:`pipeblocks.ir`). One list execution computes
-every time in O(actions): the same traversal as :func:`pipeblocks.ir.deps.walk`, specialised
-to integer indices because the engine runs on schedules of a million passes.
+every time in O(actions): :func:`pipeblocks.ir.deps.walk` with its timing hook, fed by the
+cost tables of :mod:`pipeblocks.sim.tables`.
 
     >>> from pipeblocks.generators import generate
     >>> sim = simulate(generate("1f1b", num_ranks=4, num_microbatches=8))
     >>> sim.makespan, round(sim.bubble_rate, 4), sim.peak_memory
     (33.0, 0.2727, (4.0, 3.0, 2.0, 1.0))
 
-Memory (shared/DESIGN.md section 3): F allocates ``mem_f`` at its start; B frees
+Memory (docs/design.md, "Memory accounting"): F allocates ``mem_f`` at its start; B frees
 ``mem_f - mem_w``, W frees ``mem_w`` and BW frees ``mem_f``, each at its end.
 """
 
@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pipeblocks.errors import DeadlockError, SpecError
 from pipeblocks.ir.actions import Action, Pass
 from pipeblocks.ir.bulk import no_gc
-from pipeblocks.ir.deps import needs
+from pipeblocks.ir.deps import Timing, walk
 from pipeblocks.ir.schedule import Schedule
-from pipeblocks.sim.costs import UNIT, CostModel, memory_unit, one_f_one_b_peak
+from pipeblocks.sim.costs import UNIT, CostModel, memory_unit
+from pipeblocks.sim.tables import Tables, tables
 
 __all__ = ["Span", "Simulation", "simulate"]
 
@@ -122,38 +123,6 @@ class Simulation:
         raise SpecError(f"{action} is not in schedule {self.schedule.name or '(unnamed)'}")
 
 
-def _tables(
-    schedule: Schedule, costs: CostModel
-) -> tuple[list[list[float]], list[float], list[float]]:
-    """Pass durations per kind code and stage; transfer costs into each stage (0 on one rank)."""
-    spec = schedule.spec
-    num_stages = spec.num_stages
-    rank_of = [spec.rank_of(s) for s in range(num_stages)]
-    dur: list[list[float]] = []
-    for kind in (Pass.F, Pass.B, Pass.W, Pass.BW):
-        row = []
-        for s in range(num_stages):
-            t = float(costs.pass_time(spec, s, kind))
-            if not 0 <= t < float("inf"):
-                raise SpecError(
-                    f"pass time of stage {s} {kind.value} is {t}; must be finite and >= 0"
-                )
-            row.append(t)
-        dur.append(row)
-    comm_act = [0.0] * num_stages  # activation from stage s-1 into stage s
-    comm_grad = [0.0] * num_stages  # gradient from stage s+1 into stage s
-    for s in range(num_stages):
-        if s > 0 and rank_of[s - 1] != rank_of[s]:
-            comm_act[s] = float(costs.comm_time(spec, rank_of[s - 1], rank_of[s], s - 1))
-        if s < num_stages - 1 and rank_of[s + 1] != rank_of[s]:
-            comm_grad[s] = float(costs.comm_time(spec, rank_of[s + 1], rank_of[s], s + 1))
-    for name, row in (("activation", comm_act), ("gradient", comm_grad)):
-        for s, t in enumerate(row):
-            if not 0 <= t < float("inf"):
-                raise SpecError(f"{name} transfer time into stage {s} is {t}; must be >= 0")
-    return dur, comm_act, comm_grad
-
-
 def simulate(schedule: Schedule, costs: CostModel | None = None) -> Simulation:
     """Time ``schedule`` under ``costs`` (unit costs by default).
 
@@ -166,114 +135,30 @@ def simulate(schedule: Schedule, costs: CostModel | None = None) -> Simulation:
 
 
 def _simulate(schedule: Schedule, costs: CostModel) -> Simulation:
-    spec = schedule.spec
-    p, num_stages, m = spec.num_ranks, spec.num_stages, spec.num_microbatches
-    dur, comm_act, comm_grad = _tables(schedule, costs)
-    d_f, d_b, d_w, d_bw = dur
-    # end[i]: end time of the pass with index i = (kind * S + stage) * m + mb, kind 0 = F,
-    # 1 = B or BW (the input-gradient pass), 2 = W; -1 while it has not run.
-    sm = num_stages * m
-    end = [-1.0] * (3 * sm)
-    waiting: dict[int, list[int]] = {}
-    pos = [0] * p
-    free = [0.0] * p
-    starts: list[list[float]] = [[] for _ in range(p)]
-    ends: list[list[float]] = [[] for _ in range(p)]
-    programs = schedule.programs
-    ready = list(range(p))
-    kind_f, kind_w, kind_bw = Pass.F, Pass.W, Pass.BW
-    last = num_stages - 1
-    while ready:
-        r = ready.pop()
-        prog = programs[r]
-        i, t_free, n = pos[r], free[r], len(prog)
-        st, en = starts[r], ends[r]
-        while i < n:
-            a = prog[i]
-            s, j, kind = a.stage, a.mb, a.kind
-            if not (0 <= s < num_stages and 0 <= j < m):
-                raise SpecError(f"rank {r} position {i}: {a} is out of range ({spec.describe()})")
-            start = t_free
-            if kind is kind_f:
-                if s > 0:
-                    e = end[(s - 1) * m + j]
-                    if e < 0:
-                        waiting.setdefault((s - 1) * m + j, []).append(r)
-                        break
-                    e += comm_act[s]
-                    if e > start:
-                        start = e
-                k = s * m + j
-                fin = start + d_f[s]
-            elif kind is kind_w:
-                e = end[sm + s * m + j]
-                if e < 0:
-                    waiting.setdefault(sm + s * m + j, []).append(r)
-                    break
-                if e > start:
-                    start = e
-                k = 2 * sm + s * m + j
-                fin = start + d_w[s]
-            else:
-                e = end[s * m + j]
-                if e < 0:
-                    waiting.setdefault(s * m + j, []).append(r)
-                    break
-                if e > start:
-                    start = e
-                if s < last:
-                    e = end[sm + (s + 1) * m + j]
-                    if e < 0:
-                        waiting.setdefault(sm + (s + 1) * m + j, []).append(r)
-                        break
-                    e += comm_grad[s]
-                    if e > start:
-                        start = e
-                k = sm + s * m + j
-                fin = start + (d_bw[s] if kind is kind_bw else d_b[s])
-            end[k] = fin
-            st.append(start)
-            en.append(fin)
-            t_free = fin
-            i += 1
-            woken = waiting.pop(k, None)
-            if woken:
-                ready.extend(woken)
-        pos[r], free[r] = i, t_free
-    stuck = [r for r in range(p) if pos[r] < len(programs[r])]
-    if stuck:
-        heads = {}
-        for r in stuck:
-            a = programs[r][pos[r]]
-            missing = [str(n) for n in needs(a, num_stages) if _not_run(end, n, num_stages, m)]
-            heads[r] = f"{a} (waits for {', '.join(missing)})"
+    tab = tables(schedule.spec, costs)
+    timing = Timing((tab.f, tab.b, tab.w, tab.bw), tab.comm_act, tab.comm_grad)
+    blocked = walk(schedule, timing=timing)
+    if blocked:
+        heads = {b.rank: f"{b.action} (waits for {', '.join(map(str, b.unmet))})"
+                 for b in blocked}
         text = "; ".join(f"rank {r}: {h}" for r, h in sorted(heads.items()))
         raise DeadlockError(
             f"schedule {schedule.name or '(unnamed)'} cannot finish: {text}; validate it for "
             f"the broken rule",
             blocked=heads,
         )
-    return _measure(schedule, costs, starts, ends)
-
-
-def _not_run(end: list[float], need: Action, num_stages: int, m: int) -> bool:
-    code = {Pass.F: 0, Pass.B: 1, Pass.W: 2}[need.kind]
-    return end[(code * num_stages + need.stage) * m + need.mb] < 0
+    return _measure(schedule, costs, tab, timing.starts, timing.ends)
 
 
 def _measure(
     schedule: Schedule,
     costs: CostModel,
+    tab: Tables,
     starts: Sequence[Sequence[float]],
     ends: Sequence[Sequence[float]],
 ) -> Simulation:
     spec = schedule.spec
-    mem = [costs.memory(spec, s) for s in range(spec.num_stages)]
-    for s, (mf, mw) in enumerate(mem):
-        if not (0 <= mw <= mf < float("inf")):
-            raise SpecError(
-                f"memory of stage {s} is mem_f={mf}, mem_w={mw}; need 0 <= mem_w <= mem_f"
-            )
+    mem = list(zip(tab.mem_f, tab.mem_w, strict=True))
     # what each pass adds to the rank's memory; F at its start, the others at their end
     add_f = [mf for mf, _ in mem]
     add_b = [mw - mf for mf, mw in mem]
@@ -306,7 +191,7 @@ def _measure(
     makespan = max((en[-1] for en in ends if en), default=0.0)
     mean_busy = sum(busy) / len(busy)
     cost = max(span)
-    reference = one_f_one_b_peak(spec, costs)
+    reference = tab.reference
     whole = sum(mf for mf, _ in mem)
     return Simulation(
         schedule=schedule,

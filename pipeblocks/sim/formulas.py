@@ -1,4 +1,4 @@
-"""Closed-form bubbles (shared/DESIGN.md section 5), for ``compare`` and the tests.
+"""Closed-form bubbles (docs/design.md, "Closed forms"), for ``compare`` and the tests.
 
 :func:`bubble_formula` gives the per-rank bubble time of the papers' metric (max span minus
 busy time) for the schedules that have a closed form under uniform costs with no transfer

@@ -1,11 +1,13 @@
 """Memory presets and how to put one under any cost model's times.
 
-The accounting is always the same (shared/DESIGN.md section 3): F allocates ``mem_f`` at its
-start; B frees ``mem_f - mem_w``, W frees ``mem_w``, BW frees ``mem_f``, each at its end.
+The accounting is always the same (docs/design.md, "Memory accounting"): F allocates
+``mem_f`` at its start; B frees ``mem_f - mem_w``, W frees ``mem_w``, BW frees ``mem_f``, each
+at its end.
 The presets say what mem_f and mem_w are per stage:
 
 - ``unit``: mem_f = mem_w = 1 stage-activation (the activation is held until W; the accounting
-  of the building-block papers, in which the peaks of DESIGN.md section 5 are stated).
+  of the building-block papers, in which the peaks of docs/design.md, "Closed forms", are
+  stated).
 - ``transformer``: bytes per stage from a :class:`~pipeblocks.sim.transformer.TransformerModel`
   (mem_w < mem_f: B frees what only it needed).
 

@@ -1,8 +1,8 @@
 """The transformer preset: pass times, transfer times and memory from model and machine numbers.
 
 Per transformer layer, with s = sequence length, b = microbatch size, h = hidden size,
-a = attention heads (FLOPs from the ZB paper, Table 1; memory from shared/DESIGN.md section 3,
-which takes it from Korthikanti et al. 2022):
+a = attention heads (FLOPs from the ZB paper, Table 1; memory from docs/design.md, "Memory
+accounting", which takes it from Korthikanti et al. 2022):
 
 - F = s·b·h·(24h + 4s), B = s·b·h·(24h + 8s), W = 24·s·b·h² FLOPs.
 - mem_f = s·b·(34h + 5a·s), mem_w = 32·s·b·h. These counts are bytes for 2-byte (16-bit)

@@ -5,8 +5,8 @@ shaded by chunk (the stage's local index: dark chunk 0, light chunk 1, see
 :mod:`pipeblocks.visual.palette`), with its microbatch number inside where the number fits.
 A rank's row is grey underneath, so every grey stretch is idle time. Under the timeline each
 rank's activation memory is drawn over time, in multiples of 1F1B's peak (the whole model's
-activation for one microbatch, see shared/DESIGN.md section 3), its peak marked with a triangle,
-and the budget as a dashed line when a memory fraction is given.
+activation for one microbatch, see docs/design.md, "Memory accounting"), its peak marked with a
+triangle, and the budget as a dashed line when a memory fraction is given.
 
 :func:`compare_figure` stacks several schedules on one shared time axis, with the memory of the
 fullest rank of each (the per-time maximum over ranks) in one panel under them.

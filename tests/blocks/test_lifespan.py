@@ -11,13 +11,19 @@ from pipeblocks.blocks import (
     layout_peak,
     lifespans,
     peak_bound,
+    reorder,
     repeat,
     squeeze,
     stable_peak,
 )
-from pipeblocks.generators.vblocks import v_zb_block
+from pipeblocks.blocks.lifespan import cap_tolerance, per_rank_caps
+from pipeblocks.errors import SpecError
+from pipeblocks.generators import generate
+from pipeblocks.generators.vblocks import v_half_block, v_zb_block
 from pipeblocks.ir import Pass
-from pipeblocks.sim import UniformCosts, simulate
+from pipeblocks.search.refill import refill_w
+from pipeblocks.search.tail import replan_tail
+from pipeblocks.sim import UNIT, UniformCosts, simulate
 
 
 def down_and_up() -> BuildingBlock:
@@ -92,3 +98,24 @@ def test_layout_peak_matches_the_simulator(m: int) -> None:
     for block in (down_and_up(), one_f_one_b_block(4), v_zb_block(3)):
         layout = repeat(block, m)
         assert layout_peak(layout, costs) == simulate(squeeze(layout), costs).peak_memory
+
+
+def test_per_rank_caps_forms_and_the_wrong_count() -> None:
+    """None takes the default, a number is every rank's cap, a list must hold one per rank."""
+    assert per_rank_caps(None, 3, lambda: (1, 2, 3), "x") == [1.0, 2.0, 3.0]
+    assert per_rank_caps(2, 3, lambda: (), "x") == [2.0, 2.0, 2.0]
+    assert per_rank_caps([4, 5, 6], 3, lambda: (), "x") == [4.0, 5.0, 6.0]
+    with pytest.raises(SpecError, match=r"x needs one limit per rank \(3\), got 2"):
+        per_rank_caps([4, 5], 3, lambda: (), "x")
+    assert cap_tolerance([0.5]) == 1e-9 and cap_tolerance([-4e9, 2.0]) == 4.0
+
+
+@pytest.mark.parametrize("who", ["reorder", "refill_w", "replan_tail"])
+def test_every_limit_taker_reads_a_limit_the_same_way(who: str) -> None:
+    """reorder, refill_w and replan_tail share the limit rule and its error."""
+    s = generate("v-half", 4, 8)
+    run = {"reorder": lambda lim: reorder(repeat(v_half_block(4), 8), lim),
+           "refill_w": lambda lim: refill_w(s, UNIT, lim),
+           "replan_tail": lambda lim: replan_tail(s, UNIT, limit=lim)}[who]
+    with pytest.raises(SpecError, match=rf"{who} needs one limit per rank \(4\), got 3"):
+        run([9.0, 9.0, 9.0])

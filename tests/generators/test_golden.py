@@ -1,9 +1,9 @@
 """Golden ASCII grids of the generators (p = 2..4) and their constraint errors.
 
 A grid changes only when a generator's rule changes. The cases in HAND were worked out by hand
-from the rule in the generator's docstring (shared/DESIGN.md section 6 for the published ones)
-and agree with it; the rest record output that the property tests (test_properties.py) prove
-valid and on its closed forms.
+from the rule in the generator's docstring (docs/design.md, "Generation rules", for the
+published ones) and agree with it; the rest record output that the property tests
+(test_properties.py) prove valid and on its closed forms.
 """
 
 from __future__ import annotations

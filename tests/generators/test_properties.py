@@ -2,10 +2,10 @@
 
 Unit costs (T_F = T_B = T_W = 1 per rank, a stage's pass 1/v of it, no transfer cost) and unit
 memory (mem_f = mem_w = 1 stage-activation) unless a test says otherwise. "Bubble time" is the
-papers' metric (shared/DESIGN.md section 4): max over ranks of (last end - first start) minus the
+papers' metric (docs/design.md, "Metrics"): max over ranks of (last end - first start) minus the
 busy time of a rank, which is the same on every rank (m·(T_F+T_B+T_W)).
 
-Conditions the closed forms of shared/DESIGN.md section 5 need (found by reasoning, then checked
+Conditions the closed forms of docs/design.md, "Closed forms" need (found by reasoning, then checked
 here on every draw):
 
 - Peaks: a rank cannot hold more activations than it has microbatches, so 1F1B's and ZB-H1's
@@ -28,7 +28,7 @@ here on every draw):
 - Paper metric vs global: 1F1B idles (p-1)(F+B+W) in both views, on every rank. For ZB-H1/H2
   makespan - busy is max(paper form, (p-1)·T_F) on every rank: rank p-1 cannot start before
   the first F has crossed p-1 ranks, and then has a full rank's work to do. The zero-bubble
-  rows of the table are in the paper metric (DESIGN.md section 5 says so).
+  rows of the table are in the paper metric (docs/design.md, "Closed forms" says so).
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def _dualpipe_v(p: int, m: int, v: int) -> Expected:
 
 
 def _table(name: str, p: int, m: int, v: int) -> tuple[float | None, float | None]:
-    """shared/DESIGN.md section 5 as written: (bubble rate, peak fraction of 1F1B's), None
+    """docs/design.md, "Closed forms" as written: (bubble rate, peak fraction of 1F1B's), None
     where the condition a value needs (module docstring) does not hold."""
     rate: float | None = None
     peak: float | None = None
@@ -230,7 +230,7 @@ def test_every_generator_on_one_rank(name: str) -> None:
         assert simulate(schedule).busy == pytest.approx((3 * m,), abs=TOL)
 
 
-# --- the V-shaped rows of shared/DESIGN.md section 5 ----------------------------------------
+# --- the V-shaped rows of docs/design.md, "Closed forms" ----------------------------------------
 
 
 @pytest.mark.parametrize(

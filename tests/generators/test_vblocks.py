@@ -1,4 +1,4 @@
-"""V-Min, V-Half and V-ZB: the CM paper's peaks and bubbles (DESIGN.md sections 5 to 7)."""
+"""V-Min, V-Half and V-ZB: the CM paper's peaks and bubbles (docs/design.md)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ NAMES = ("v-min", "v-half", "v-zb")
 
 
 def one_f_one_b_bubble(p: int, m: int) -> float:
-    """1F1B's bubble rate, paper metric, unit costs (DESIGN.md section 5)."""
+    """1F1B's bubble rate, paper metric, unit costs (docs/design.md, "Closed forms")."""
     return (p - 1) / (m + p - 1)
 
 
@@ -46,7 +46,7 @@ def test_v_min_and_v_half_peaks_are_exact_and_bubbles_beat_one_f_one_b(p: int, t
 
 
 def test_v_half_bubble_is_about_half_and_v_min_about_two_thirds_of_one_f_one_b() -> None:
-    """DESIGN.md section 5: V-Half's bubble is about half of 1F1B's, V-Min's about 2/3."""
+    """design.md, "Closed forms": V-Half's bubble is about half of 1F1B's, V-Min's about 2/3."""
     for p in (4, 8, 16):
         m = 4 * p
         ref = one_f_one_b_bubble(p, m)
@@ -99,7 +99,7 @@ def test_blocks_never_collide_and_their_stable_peaks_are_the_closed_forms() -> N
 
 
 def section_6_and_7_slots(name: str, p: int, i: int) -> tuple[int, int, int, int]:
-    """Slots of F(chunk 0), F(chunk 1), B(chunk 1), B(chunk 0) on rank i, as DESIGN.md says."""
+    """Slots of F(chunk 0), F(chunk 1), B(chunk 1), B(chunk 0) on rank i, as docs/design.md says."""
     if name == "v-min":
         x = 2 if p % 3 == 0 else 0
         return (i, 2 * p - 1 - i, 2 * p + x + i, 4 * p + x - 1 - i)
@@ -110,8 +110,9 @@ def section_6_and_7_slots(name: str, p: int, i: int) -> tuple[int, int, int, int
 
 
 def test_slot_formulas_of_the_blocks() -> None:
-    """The blocks hold DESIGN.md section 6's slots (V-Min, V-Half) and section 7's (4, 2)
-    offsets: chunk-0 F's delta0 apart from rank to rank, chunk-1 F's delta1."""
+    """The blocks hold the slots of docs/design.md, "Generation rules" (V-Min, V-Half) and the
+    (4, 2) offsets of "Lifespan and the peak bound": chunk-0 F's delta0 apart from rank to
+    rank, chunk-1 F's delta1."""
     makers = {"v-min": v_min_block, "v-half": v_half_block, "v-zb": v_zb_block}
     deltas = {"v-min": (1, 1), "v-half": (2, 1), "v-zb": (4, 2)}
     for p in (3, 4, 5, 6):

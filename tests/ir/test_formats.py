@@ -67,7 +67,7 @@ def test_csv_letters_are_pytorch_letters(data, generator_names, sizes, schedule_
 
 
 def _hand_zb() -> Schedule:
-    """ZB-H1 for p=2, m=2 written out by hand from DESIGN.md section 6."""
+    """ZB-H1 for p=2, m=2 written out by hand from docs/design.md, "Generation rules"."""
     spec = PipelineSpec(2, 2)
     text = ["0F0 0F1 0B0 0W0 0B1 0W1", "1F0 1B0 1F1 1B1 1W0 1W1"]
     return Schedule(spec, tuple(tuple(map(Action.parse, t.split())) for t in text))

@@ -41,7 +41,8 @@ def _replace(s: Schedule, rank: int, prog: list[Action]) -> Schedule:
 
 
 def depends(later: Action, earlier: Action, num_stages: int) -> bool:
-    """True when ``later`` needs ``earlier`` through a chain of DESIGN.md section 2's rules.
+    """True when ``later`` needs ``earlier`` through a chain of the rules of docs/design.md,
+    "Passes and dependencies".
 
     F(s) needs every F(t<s); a backward of s needs every F (through B(S-1), which needs
     F(S-1)) and every input-gradient pass of t > s; W(s) needs what B(s) needs, and B(s).

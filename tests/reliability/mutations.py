@@ -2,7 +2,7 @@
 
 Shared by test_mutations.py and docs/make_reliability.py. Unlike the single-rule mutations of
 tests/ir/test_validate.py, these edits come in sequences and may cancel, combine or leave the
-schedule valid; the oracles decide, written from shared/DESIGN.md without the code they check:
+schedule valid; the oracles decide, written from docs/design.md without the code they check:
 
 - :func:`rule_oracle`: the rules a schedule breaks (or None), for :func:`pipeblocks.ir.validate`.
 - :func:`fifo_run`: whether lowered programs run on a strict point-to-point transport, for
@@ -166,8 +166,9 @@ def rule_oracle(s: Schedule) -> set[str] | None:
 
 
 def _deps(a: Action, num_stages: int) -> list[tuple[str, int, int]]:
-    """shared/DESIGN.md section 2, written out again (not pipeblocks.ir.deps): F after the
-    previous stage's F; B or BW after its own F and the next stage's B or BW; W after B."""
+    """docs/design.md, "Passes and dependencies", written out again (not pipeblocks.ir.deps): F
+    after the previous stage's F; B or BW after its own F and the next stage's B or BW; W
+    after B."""
     s, j = a.stage, a.mb
     if a.kind is Pass.F:
         return [("F", s - 1, j)] if s > 0 else []

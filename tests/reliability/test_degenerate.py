@@ -16,7 +16,7 @@ from pipeblocks.generators import get, names
 DOC = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
 STALE = "docs/reliability.md is stale: run `.venv/bin/python docs/make_reliability.py --table`"
 
-# What each generator accepts, written from shared/DESIGN.md section 6 and the generators'
+# What each generator accepts, written from docs/design.md, "Generation rules" and the generators'
 # docstrings (not from their code): (p, m, v) -> accepted. v is the effective stages per rank.
 _V1: Callable[[int, int, int], bool] = lambda p, m, v: v == 1  # noqa: E731
 _V2: Callable[[int, int, int], bool] = lambda p, m, v: v == 2  # noqa: E731

@@ -4,7 +4,7 @@ Setting (issue 5): unit costs (F = B = W), no transfer cost, V placement, m = 4p
 one chunk pass: half of UniformCosts' per-rank unit, since a rank with v = 2 stages runs each
 pass in 1/2. A budget of k chunk-activations is the fraction k/(2p) of 1F1B's peak.
 
-The idle measure is the papers' bubble (shared/DESIGN.md section 4): the pipeline costs the
+The idle measure is the papers' bubble (docs/design.md, "Metrics"): the pipeline costs the
 longest span of any rank (first start to last end), and rank r idles that cost minus its busy
 time. In slots: idle_r = 2 * (max(span) - busy_r). The bound is stated in this metric, so the
 search is asked to rank by it (``objective="bubble"``); the default ranks by makespan, which at

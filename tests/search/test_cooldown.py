@@ -12,9 +12,9 @@ from pipeblocks.errors import SpecError
 from pipeblocks.ir import Pass, validate
 from pipeblocks.search.cooldown import tight_cooldown
 from pipeblocks.search.refill import program_peaks
-from pipeblocks.search.tables import tables
 from pipeblocks.search.vshape import VParams, stable_peaks, v_block_of, v_params, v_times
 from pipeblocks.sim import UNIT, simulate
+from pipeblocks.sim.tables import tables
 
 
 def cases(ms):  # type: ignore[no-untyped-def]

@@ -12,7 +12,6 @@ from pipeblocks.ir import Pass, PipelineSpec, validate
 from pipeblocks.search import Budget, Objective, Searcher, search
 from pipeblocks.search.pareto import budget_ladder, pareto
 from pipeblocks.search.refill import program_peaks
-from pipeblocks.search.tables import tables
 from pipeblocks.sim import (
     UNIT,
     Machine,
@@ -22,6 +21,7 @@ from pipeblocks.sim import (
     parse_costs,
     simulate,
 )
+from pipeblocks.sim.tables import tables
 
 UNEQUAL = UniformCosts(f=3, b=4, w=2, comm=0.5)
 

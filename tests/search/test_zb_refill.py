@@ -10,9 +10,9 @@ from pipeblocks.errors import SpecError
 from pipeblocks.generators import generate
 from pipeblocks.ir import Pass, PipelineSpec, validate
 from pipeblocks.search.refill import program_peaks, refill_w
-from pipeblocks.search.tables import tables
 from pipeblocks.search.zb import WARMUPS, zb_memory_limited
 from pipeblocks.sim import UNIT, UniformCosts, simulate
+from pipeblocks.sim.tables import tables
 
 COSTS = st.builds(
     UniformCosts,

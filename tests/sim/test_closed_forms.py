@@ -1,4 +1,4 @@
-"""The simulator meets the closed forms of shared/DESIGN.md section 5 exactly, unequal times too."""
+"""The simulator meets docs/design.md's "Closed forms" exactly, unequal times too."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def test_interleaved(p: int, v: int, groups: int, f: float, b: float, w: float) 
 @pytest.mark.parametrize("p", [2, 3, 4, 8])
 @pytest.mark.parametrize("m", [1, 5, 16])
 def test_unit_rates_match_the_table(p: int, m: int) -> None:
-    """Unit costs: 1F1B and GPipe (p-1)/(m+p-1), ZB-H1 (p-1)/(3m+p-1) (m >= p), as DESIGN says."""
+    """Unit costs: 1F1B and GPipe (p-1)/(m+p-1), ZB-H1 (p-1)/(3m+p-1) (m >= p), as design.md has."""
     for name, rate in (("1f1b", (p - 1) / (m + p - 1)), ("gpipe", (p - 1) / (m + p - 1)),
                        ("zb-h1", (p - 1) / (3 * m + p - 1))):
         if name == "zb-h1" and m < p:

@@ -112,7 +112,7 @@ def test_file_that_does_not_fit_the_schedule() -> None:
 
 
 def test_transformer_preset_by_hand() -> None:
-    """Tiny model: per-layer FLOPs and bytes of ZB Table 1 / DESIGN 3, output layer on the last."""
+    """Tiny model: per-layer FLOPs and bytes of ZB Table 1 / design.md, output layer on the last."""
     model = TransformerModel(layers=2, hidden=4, heads=2, seq_len=8, vocab=10, microbatch_size=1)
     costs = TransformerCosts(model, Machine(flops=1024, bandwidth=32, latency=0.5))
     spec = PipelineSpec(2, 1)
@@ -184,7 +184,8 @@ def test_1f1b_is_its_own_reference(p: int, extra: int, mems: list[float]) -> Non
 
 
 def test_uniform_reference_is_the_whole_model() -> None:
-    """With equal stages the reference is the sum of mem_f over all stages (DESIGN section 3)."""
+    """With equal stages the reference is the sum of mem_f over all stages (design.md, "Memory
+    accounting")."""
     for name, v in (("1f1b", 1), ("interleaved-1f1b", 2), ("zb-v", 2)):
         sim = simulate(generate(name, 4, 8), UniformCosts(mem_f=2.0))
         assert sim.reference_peak == 2.0 * 4 * v

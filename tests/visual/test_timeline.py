@@ -134,7 +134,7 @@ def test_title_and_memory_panel() -> None:
     assert [ln.get_label() for ln in fig.axes[1].lines if ln.get_linestyle() == "--"] == [
         "budget 1"
     ]
-    # 1F1B: rank r peaks at (p - r) / p of the whole model (DESIGN.md section 5).
+    # 1F1B: rank r peaks at (p - r) / p of the whole model (docs/design.md, "Closed forms").
     markers = [ln for ln in mem.lines if ln.get_marker() == "v"]
     assert [float(ln.get_ydata()[0]) for ln in markers] == pytest.approx([1, 0.75, 0.5, 0.25])
     steps = [ln for ln in mem.lines if str(ln.get_label()).startswith("rank ")]
