@@ -16,22 +16,12 @@ ROOT = Path(__file__).resolve().parents[1] / "pipeblocks"
 # its top-level entry modules (``python -m pipeblocks``) sit above everything.
 LAYERS = ("errors", "ir", "blocks", "generators", "sim", "search", "visual", "runtime",
           "models", "cli", "<top>")
-TOP = {"pipeblocks", "pipeblocks.__main__"}
+TOP = {"pipeblocks", "pipeblocks.__main__", "pipeblocks.train"}  # entry modules
 
 # Upward imports that exist today, each with the change that removes it. The test fails when
-# one is no longer needed, so this list can only shrink.
-EXCEPTIONS = {
-    # pipeblocks/train.py sits at the top but is imported by the CLI (and imports it back):
-    # goes when train.py is dissolved into cli/train.py and runtime/trainer.py (issue 15, 1).
-    ("pipeblocks.cli.profile", "pipeblocks.train"),
-    ("pipeblocks.cli.train", "pipeblocks.train"),
-    # runtime/ profiles the demo GPT: goes when runtime/ stops importing models/ (issue 15, 4).
-    ("pipeblocks.runtime.profile", "pipeblocks.models.gpt"),
-    ("pipeblocks.runtime.profile", "pipeblocks.models.split"),
-    ("pipeblocks.runtime.timing", "pipeblocks.models.gpt"),
-    ("pipeblocks.runtime.timing", "pipeblocks.models.split"),
-}
-TRAIN = "pipeblocks.train"  # today's top-level training module (see EXCEPTIONS)
+# one is no longer needed, so this list can only shrink. (Empty since issue 15: train.py became
+# a shim over cli/train.py and runtime/trainer.py, and runtime/ no longer imports models/.)
+EXCEPTIONS: set[tuple[str, str]] = set()
 
 
 def _modules() -> dict[str, Path]:
@@ -45,7 +35,7 @@ def _modules() -> dict[str, Path]:
 
 
 def _layer(module: str) -> str:
-    if module in TOP or module == TRAIN:
+    if module in TOP:
         return "<top>"
     return module.split(".")[1]
 
@@ -125,8 +115,7 @@ def _cycle(graph: dict[str, list[str]]) -> list[str]:
 
 def test_no_import_cycle() -> None:
     """No cycle among pipeblocks modules (package __init__ files included)."""
-    graph = {m: sorted({t for t, typing_only in imports if not typing_only
-                        and TRAIN not in (m, t)})  # train.py's cycle goes with it (issue 15, 1)
+    graph = {m: sorted({t for t, typing_only in imports if not typing_only})
              for m, imports in _graph().items()}
     assert _cycle(graph) == []
 
