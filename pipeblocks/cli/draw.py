@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     sims: list[Simulation] = []
     for schedule in schedules:
         validate(schedule)
-        sims.append(simulate(schedule, costs))
+        sims.append(simulate(schedule, costs, validate=False))
     if args.compare:
         fig = compare_figure(sims, memory_fraction=args.memory, width=args.width)
     else:
