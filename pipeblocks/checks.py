@@ -1,6 +1,8 @@
-"""Argument checks for the public API: a wrong type is one clear error, never a crash inside.
+"""Checks at the edges: argument types of the public API, and optional dependencies.
 
-:func:`expect` is the one helper the public functions call on their arguments; it raises
+A wrong type is one clear error, never a crash inside; a missing optional dependency is one
+line naming the pipeblocks extra that installs it (:func:`require`), never an ImportError
+traceback. :func:`expect` is the one helper the public functions call on their arguments; it raises
 :class:`~pipeblocks.errors.ArgTypeError` naming the function, the argument, the expected type,
 the value given and a fix. ``bool`` is never accepted as a number (``True`` is an ``int`` to
 Python, not a count of microbatches).
@@ -13,11 +15,15 @@ Python, not a count of microbatches).
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from pipeblocks.errors import ArgTypeError
+from pipeblocks.errors import ArgTypeError, MissingDependencyError
 
-__all__ = ["expect"]
+__all__ = ["expect", "require", "EXTRAS"]
+
+EXTRAS = {"torch": "torch", "matplotlib": "plot", "transformers": "hf"}
+"""The pipeblocks extra (pyproject.toml) that installs each optional dependency."""
 
 # What to write instead, by the expected type's name (the types themselves live in layers
 # above this module, so they are named here, not imported).
@@ -66,3 +72,19 @@ def expect(func: str, arg: str, value: Any, kind: type | tuple[type, ...], *,
         function=func, argument=arg, expected=wanted, got=got,
     )
 
+
+
+def require(module: str, feature: str) -> None:
+    """Import ``module`` or raise :class:`MissingDependencyError` naming ``feature`` and the
+    extra to install (:data:`EXTRAS`). Called before the work starts, so that nothing is
+    computed only to fail at the end.
+
+        >>> require("json", "reading JSON")  # installed: nothing happens
+
+    Without matplotlib, ``require("matplotlib", "pipeblocks draw")`` raises "pipeblocks draw
+    needs matplotlib, which is not installed; install it with pip install 'pipeblocks[plot]'".
+    """
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise MissingDependencyError(feature, module, EXTRAS.get(module, module)) from None

@@ -24,6 +24,10 @@ import sys
 from datetime import timedelta
 from typing import Any
 
+if __name__ == "__main__":  # no torch: one line naming the extra and exit 1, not a traceback
+    from pipeblocks.cli.common import require_or_exit
+    require_or_exit("torch", "python -m pipeblocks.train")
+
 import torch
 import torch.distributed as dist
 

@@ -1,7 +1,8 @@
 """Shared pieces of the command line: spec and cost options, JSON output, error exits.
 
-Exit codes: 0 success, 1 invalid input (a schedule or file that breaks a rule), 2 usage
-(bad arguments). Library errors become one line on stderr, never a traceback.
+Exit codes: 0 success, 1 failed (invalid input: a schedule or file that breaks a rule, a file
+that cannot be read or written, a missing optional dependency), 2 usage (bad arguments or
+option values). Library errors become one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from pipeblocks.errors import SpecError
+from pipeblocks.checks import require
+from pipeblocks.errors import MissingDependencyError, SpecError
 from pipeblocks.sim.costs import UniformCosts
 
 __all__ = ["one_line_errors", "add_spec_args", "add_cost_args", "parse_cost", "emit_json", "die", "positive_int",
-           "finite_float"]
+           "finite_float", "require_or_exit"]
 
 
 def positive_int(text: str) -> int:
@@ -114,6 +116,15 @@ def die(message: str, code: int = 1) -> int:
     """Print ``pipeblocks: error: message`` on stderr and return ``code``."""
     print(f"pipeblocks: error: {message}", file=sys.stderr)
     return code
+
+
+def require_or_exit(module: str, feature: str) -> None:
+    """:func:`pipeblocks.checks.require` for an entry point outside :func:`main` (``python -m
+    pipeblocks.train``): a missing dependency is one line on stderr and exit code 1."""
+    try:
+        require(module, feature)
+    except MissingDependencyError as e:
+        sys.exit(die(str(e), 1))
 
 
 def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from pipeblocks.checks import require
 from pipeblocks.cli.common import emit_json, finite_float
 from pipeblocks.cli.search import add_search_args, bar_for
 from pipeblocks.cli.simulate import build_costs
@@ -37,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.output:  # checked before the search: no minutes of work that cannot be drawn
+        require("matplotlib", "pipeblocks pareto -o")
     costs = build_costs(args)
     bar = bar_for(args, "pareto")
     t0 = time.perf_counter()
