@@ -20,6 +20,7 @@ __all__ = [
     "CollisionError",
     "ArgTypeError",
     "MissingDependencyError",
+    "OutputError",
 ]
 
 
@@ -121,3 +122,7 @@ class MissingDependencyError(PipeblocksError, ImportError):
             f"{feature} needs {module}, which is not installed; install it with "
             f"pip install 'pipeblocks[{extra}]'"
         )
+
+
+class OutputError(PipeblocksError):
+    """A result cannot be written: its folder is missing, the path is a folder, the write failed."""

@@ -12,14 +12,15 @@ import json
 import math
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 from pipeblocks.checks import require
-from pipeblocks.errors import MissingDependencyError, SpecError
+from pipeblocks.errors import MissingDependencyError, OutputError, SpecError
 from pipeblocks.sim.costs import UniformCosts
 
 __all__ = ["one_line_errors", "add_spec_args", "add_cost_args", "parse_cost", "emit_json", "die", "positive_int",
-           "finite_float", "require_or_exit"]
+           "finite_float", "require_or_exit", "check_output", "write_output"]
 
 
 def positive_int(text: str) -> int:
@@ -105,6 +106,28 @@ def parse_cost(text: str | None) -> UniformCosts:
         except ValueError:
             raise SpecError(f"--cost {k}={v!r} is not a number") from None
     return UniformCosts(**fields)  # type: ignore[arg-type]
+
+
+def check_output(path: str, flag: str = "-o") -> Path:
+    """Refuse an output path that cannot be written, before the work (exit 1, as every failed
+    write): its folder does not exist, or it is itself a folder."""
+    out = Path(path)
+    if out.is_dir():
+        raise OutputError(f"{flag} {path} is a folder; give a file path, e.g. "
+                          f"{out / ('out' + (out.suffix or '.json'))}")
+    if not out.parent.is_dir():
+        raise OutputError(f"{flag} {path}: folder {str(out.parent)!r} does not exist; create it "
+                          f"(mkdir -p {out.parent}) or write elsewhere")
+    return out
+
+
+def write_output(path: str, text: str, flag: str = "-o") -> None:
+    """Write ``text`` to ``path``; an OSError (permissions, a full disk) is an OutputError."""
+    try:
+        with open(check_output(path, flag), "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+    except OSError as e:
+        raise OutputError(f"{flag} {path}: cannot write it: {e.strerror or e}") from None
 
 
 def emit_json(obj: Any) -> None:

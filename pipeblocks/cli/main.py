@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pipeblocks",
         description="Design, check, simulate, draw, search and run pipeline-parallel schedules.",
+        epilog="exit codes: 0 success; 1 failed (invalid input, a file that cannot be read or "
+        "written, a missing optional dependency); 2 usage (a bad option or option value)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     import pipeblocks.cli as pkg
@@ -64,6 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return die(str(e), 1)
     except BrokenPipeError:
         return 0
+    except OSError as e:  # a file the checks above could not foresee (permissions, a full disk)
+        where = f"{e.filename}: " if e.filename else ""
+        return die(f"{where}{e.strerror or e}", 1)
     except KeyboardInterrupt:
         return die("interrupted", 130)
 
