@@ -2,10 +2,10 @@
 
 A wrong type is one clear error, never a crash inside; a missing optional dependency is one
 line naming the pipeblocks extra that installs it (:func:`require`), never an ImportError
-traceback. :func:`expect` is the one helper the public functions call on their arguments; it raises
-:class:`~pipeblocks.errors.ArgTypeError` naming the function, the argument, the expected type,
-the value given and a fix. ``bool`` is never accepted as a number (``True`` is an ``int`` to
-Python, not a count of microbatches).
+traceback. :func:`expect` is the one helper the public functions call on their arguments; it
+raises :class:`~pipeblocks.errors.ArgTypeError` naming the function, the argument, the
+expected type, the value given and a fix. ``bool`` is never accepted as a number (``True`` is
+an ``int`` to Python, not a count of microbatches).
 
     >>> expect("generate", "num_microbatches", "2", int)
     Traceback (most recent call last):
@@ -71,7 +71,6 @@ def expect(func: str, arg: str, value: Any, kind: type | tuple[type, ...], *,
         f"{func}(): {arg} must be {wanted} (got {given}); {fix}",
         function=func, argument=arg, expected=wanted, got=got,
     )
-
 
 
 def require(module: str, feature: str) -> None:

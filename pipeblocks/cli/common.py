@@ -19,8 +19,8 @@ from pipeblocks.checks import require
 from pipeblocks.errors import MissingDependencyError, OutputError, SpecError
 from pipeblocks.sim.costs import UniformCosts
 
-__all__ = ["one_line_errors", "add_spec_args", "add_cost_args", "parse_cost", "emit_json", "die", "positive_int",
-           "finite_float", "require_or_exit", "check_output", "write_output"]
+__all__ = ["one_line_errors", "add_spec_args", "add_cost_args", "parse_cost", "emit_json", "die",
+           "positive_int", "finite_float", "require_or_exit", "check_output", "write_output"]
 
 
 def positive_int(text: str) -> int:
