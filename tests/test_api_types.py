@@ -112,6 +112,15 @@ def test_the_issue_examples_say_which_argument_and_type(call: Callable[[], Any],
     assert str(err.value).startswith(message)
 
 
+def test_every_public_callable_is_covered() -> None:
+    """Each function and class in pipeblocks.__all__ that takes arguments is in CASES (the
+    exceptions, the enums and Simulation, a result, aside)."""
+    aside = {"Pass", "Placement", "Simulation", "names"}
+    public = {n for n in pb.__all__ if callable(getattr(pb, n))
+              and not (isinstance(getattr(pb, n), type) and issubclass(getattr(pb, n), Exception))}
+    assert public - aside == set(CASES) - {"Action.parse"}
+
+
 @pytest.mark.parametrize("letter", ["X", None, 1, "f"])
 def test_an_unknown_pass_letter_is_a_spec_error(letter: Any) -> None:
     """Pass(x) for an unknown x names the letters instead of Enum's bare ValueError."""
