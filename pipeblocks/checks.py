@@ -36,6 +36,7 @@ _FIX = {
     "PipelineSpec": "make one with pb.PipelineSpec(num_ranks=4, num_microbatches=8)",
     "CostModel": "pass a cost model such as pb.UniformCosts(f=1, b=2, w=1)",
     "Action": "make one with pb.Action(0, pb.Pass.F, 3) or pb.Action.parse('0F3')",
+    "tuple": "pass one sequence of Actions per rank (a tuple or list)",
 }
 
 
