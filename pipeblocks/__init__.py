@@ -8,9 +8,11 @@
 """
 
 from pipeblocks.errors import (
+    ArgTypeError,
     CollisionError,
     DeadlockError,
     FormatError,
+    MissingDependencyError,
     PipeblocksError,
     ScheduleError,
     SpecError,
@@ -23,9 +25,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Action",
+    "ArgTypeError",
     "CollisionError",
     "DeadlockError",
     "FormatError",
+    "MissingDependencyError",
     "Pass",
     "PipeblocksError",
     "PipelineSpec",

@@ -18,6 +18,9 @@ __all__ = [
     "DeadlockError",
     "FormatError",
     "CollisionError",
+    "ArgTypeError",
+    "MissingDependencyError",
+    "OutputError",
 ]
 
 
@@ -85,3 +88,41 @@ class FormatError(PipeblocksError, ValueError):
 
 class CollisionError(ScheduleError):
     """Two passes of a repeated building block land on the same rank at the same slot."""
+
+
+class ArgTypeError(PipeblocksError, TypeError):
+    """A public function got an argument of the wrong type (see :mod:`pipeblocks.checks`).
+
+    ``function``, ``argument``, ``expected`` and ``got`` (the given value's type name) say which.
+    """
+
+    def __init__(
+        self, message: str, *, function: str = "", argument: str = "", expected: str = "",
+        got: str = "",
+    ) -> None:
+        self.function = function
+        self.argument = argument
+        self.expected = expected
+        self.got = got
+        super().__init__(message)
+
+
+class MissingDependencyError(PipeblocksError, ImportError):
+    """An optional dependency is not installed; ``extra`` names the pipeblocks extra to install.
+
+        >>> str(MissingDependencyError("drawing a picture", "matplotlib", "plot"))
+        "drawing a picture needs matplotlib, which is not installed; install it with pip install 'pipeblocks[plot]'"
+    """
+
+    def __init__(self, feature: str, module: str, extra: str) -> None:
+        self.feature = feature
+        self.module = module
+        self.extra = extra
+        super().__init__(
+            f"{feature} needs {module}, which is not installed; install it with "
+            f"pip install 'pipeblocks[{extra}]'"
+        )
+
+
+class OutputError(PipeblocksError):
+    """A result cannot be written: its folder is missing, the path is a folder, the write failed."""

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import sys
 
+if __name__ == "__main__":  # no torch: one line naming the extra and exit 1, not a traceback
+    from pipeblocks.cli.common import require_or_exit
+
+    require_or_exit("torch", "python -m pipeblocks.train")
+
 from pipeblocks.cli.train import rank_main as main
 
 __all__ = ["main"]

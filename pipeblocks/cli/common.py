@@ -1,7 +1,8 @@
 """Shared pieces of the command line: spec and cost options, JSON output, error exits.
 
-Exit codes: 0 success, 1 invalid input (a schedule or file that breaks a rule), 2 usage
-(bad arguments). Library errors become one line on stderr, never a traceback.
+Exit codes: 0 success, 1 failed (invalid input: a schedule or file that breaks a rule, a file
+that cannot be read or written, a missing optional dependency), 2 usage (bad arguments or
+option values). Library errors become one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ import json
 import math
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
-from pipeblocks.errors import SpecError
+from pipeblocks.checks import require
+from pipeblocks.errors import MissingDependencyError, OutputError, SpecError
 from pipeblocks.sim.costs import UniformCosts
 
-__all__ = ["one_line_errors", "add_spec_args", "add_cost_args", "parse_cost", "emit_json", "die", "positive_int",
-           "finite_float"]
+__all__ = ["one_line_errors", "add_spec_args", "add_cost_args", "parse_cost", "emit_json", "die",
+           "positive_int", "finite_float", "require_or_exit", "check_output", "write_output"]
 
 
 def positive_int(text: str) -> int:
@@ -105,6 +108,28 @@ def parse_cost(text: str | None) -> UniformCosts:
     return UniformCosts(**fields)  # type: ignore[arg-type]
 
 
+def check_output(path: str, flag: str = "-o") -> Path:
+    """Refuse an output path that cannot be written, before the work (exit 1, as every failed
+    write): its folder does not exist, or it is itself a folder."""
+    out = Path(path)
+    if out.is_dir():
+        raise OutputError(f"{flag} {path} is a folder; give a file path, e.g. "
+                          f"{out / ('out' + (out.suffix or '.json'))}")
+    if not out.parent.is_dir():
+        raise OutputError(f"{flag} {path}: folder {str(out.parent)!r} does not exist; create it "
+                          f"(mkdir -p {out.parent}) or write elsewhere")
+    return out
+
+
+def write_output(path: str, text: str, flag: str = "-o") -> None:
+    """Write ``text`` to ``path``; an OSError (permissions, a full disk) is an OutputError."""
+    try:
+        with open(check_output(path, flag), "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+    except OSError as e:
+        raise OutputError(f"{flag} {path}: cannot write it: {e.strerror or e}") from None
+
+
 def emit_json(obj: Any) -> None:
     """Print one JSON object on one line (the last line of stdout, for scripts)."""
     print(json.dumps(obj, sort_keys=False, default=str))
@@ -114,6 +139,15 @@ def die(message: str, code: int = 1) -> int:
     """Print ``pipeblocks: error: message`` on stderr and return ``code``."""
     print(f"pipeblocks: error: {message}", file=sys.stderr)
     return code
+
+
+def require_or_exit(module: str, feature: str) -> None:
+    """:func:`pipeblocks.checks.require` for an entry point outside :func:`main` (``python -m
+    pipeblocks.train``): a missing dependency is one line on stderr and exit code 1."""
+    try:
+        require(module, feature)
+    except MissingDependencyError as e:
+        sys.exit(die(str(e), 1))
 
 
 def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

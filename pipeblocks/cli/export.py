@@ -15,7 +15,13 @@ import argparse
 import json
 import sys
 
-from pipeblocks.cli.common import add_cost_args, add_spec_args, die, parse_cost
+from pipeblocks.cli.common import (
+    add_cost_args,
+    add_spec_args,
+    check_output,
+    parse_cost,
+    write_output,
+)
 from pipeblocks.errors import PipeblocksError, SpecError
 from pipeblocks.generators import generate
 from pipeblocks.ir import Schedule, validate
@@ -49,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         raise SpecError(f"--cost only applies to --format chrome-trace (got --format "
                         f"{args.format}); drop --cost")
     costs = parse_cost(args.cost)  # checked before generating: a bad --cost fails fast
+    if args.output is not None:
+        check_output(args.output)
     schedule = generate(args.name, args.p, args.m, args.v)
     validate(schedule)
     text = _chrome_trace(schedule, costs) if args.format == "chrome-trace" else dumps(
@@ -56,11 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output is None:
         sys.stdout.write(text)
         return 0
-    try:
-        with open(args.output, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-    except OSError as e:
-        return die(f"cannot write {args.output}: {e.strerror or e}", 2)
+    write_output(args.output, text)
     print(f"wrote {args.output} ({args.format}, {schedule.name} {schedule.spec.describe()}, "
           f"{schedule.num_actions} actions)")
     return 0
@@ -76,4 +80,4 @@ def _chrome_trace(schedule: Schedule, costs: CostModel) -> str:
                               f"instead") from None
     from pipeblocks.sim import simulate
 
-    return json.dumps(chrome_trace(simulate(schedule, costs))) + "\n"
+    return json.dumps(chrome_trace(simulate(schedule, costs, validate=False))) + "\n"

@@ -15,10 +15,15 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
+from pipeblocks.checks import require
 from pipeblocks.cli.common import die, one_line_errors
-from pipeblocks.errors import FormatError, PipeblocksError, ScheduleError, SpecError
+from pipeblocks.errors import PipeblocksError, SpecError
 
 __all__ = ["main", "build_parser"]
+
+# The optional dependency each command cannot start without (a missing one is exit 1 with the
+# extra to install; `pareto -o` checks matplotlib itself, only when it draws).
+_NEEDS = {"train": "torch", "profile": "torch", "draw": "matplotlib"}
 
 _ORDER = ("list", "show", "export", "validate", "simulate", "compare", "search", "pareto",
           "draw", "train", "profile")
@@ -28,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pipeblocks",
         description="Design, check, simulate, draw, search and run pipeline-parallel schedules.",
+        epilog="exit codes: 0 success; 1 failed (invalid input, a file that cannot be read or "
+        "written, a missing optional dependency); 2 usage (a bad option or option value)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     import pipeblocks.cli as pkg
@@ -50,17 +57,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.command in _NEEDS:
+            require(_NEEDS[args.command], f"pipeblocks {args.command}")
         return int(args.func(args) or 0)
-    except SpecError as e:
+    except SpecError as e:  # bad arguments or option values: usage
         return die(str(e), 2)
-    except ScheduleError as e:
-        return die(str(e), 1)
-    except FormatError as e:
-        return die(str(e), 1)
-    except PipeblocksError as e:
+    except PipeblocksError as e:  # invalid input, a file, a missing dependency: failed
         return die(str(e), 1)
     except BrokenPipeError:
         return 0
+    except OSError as e:  # a file the checks above could not foresee (permissions, a full disk)
+        where = f"{e.filename}: " if e.filename else ""
+        return die(f"{where}{e.strerror or e}", 1)
     except KeyboardInterrupt:
         return die("interrupted", 130)
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from pipeblocks.cli.common import emit_json, finite_float
+from pipeblocks.checks import require
+from pipeblocks.cli.common import check_output, emit_json, finite_float
 from pipeblocks.cli.search import add_search_args, bar_for
 from pipeblocks.cli.simulate import build_costs
 from pipeblocks.search.pareto import pareto
@@ -37,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.output:  # checked before the search: no minutes of work that cannot be drawn
+        require("matplotlib", "pipeblocks pareto -o")
+        check_output(args.output)
     costs = build_costs(args)
     bar = bar_for(args, "pareto")
     t0 = time.perf_counter()

@@ -20,10 +20,15 @@ import argparse
 import json
 import math
 import sys
-from pathlib import Path
 from typing import Any
 
-from pipeblocks.cli.common import emit_json, one_line_errors, positive_int
+from pipeblocks.cli.common import (
+    check_output,
+    emit_json,
+    one_line_errors,
+    positive_int,
+    write_output,
+)
 from pipeblocks.cli.train import MODELS
 from pipeblocks.errors import SpecError
 
@@ -120,6 +125,8 @@ def _suggest(args: argparse.Namespace, out: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     if args.warmup < 0:
         raise SpecError(f"--warmup must be >= 0 (got {args.warmup})")
+    if args.output:  # before profiling: the costs must have somewhere to go
+        check_output(args.output)
     # torch only on this path (and only inside pipeblocks.runtime), so `pipeblocks --help`
     # works without it
     from pipeblocks.cli.train import layout_of, model_config
@@ -133,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
                              threads=args.threads, comm_ms=args.comm,
                              idle_ms=args.idle_ms)
     if args.output:
-        Path(args.output).write_text(json.dumps(prof.costs(), indent=2) + "\n")
+        write_output(args.output, json.dumps(prof.costs(), indent=2) + "\n")
     if args.json:
         out = prof.summary()
         out.update({"model": args.model, "ranks": args.ranks,

@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from pipeblocks.cli.common import emit_json, positive_int
+from pipeblocks.cli.common import check_output, emit_json, positive_int, write_output
 from pipeblocks.cli.simulate import add_costs_args, build_costs
 from pipeblocks.errors import SpecError
 from pipeblocks.search import Budget, search
@@ -118,6 +118,8 @@ def budget_of(args: argparse.Namespace, unit: str) -> Budget:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.output:  # before the search: its result must have somewhere to go
+        check_output(args.output)
     costs = build_costs(args)
     budget = budget_of(args, memory_unit(costs))
     bar = bar_for(args, "search")
@@ -136,8 +138,7 @@ def run(args: argparse.Namespace) -> int:
         fmt = args.format or detect(path=args.output)
         if fmt not in ("torch-csv", "json"):
             fmt = "torch-csv"
-        with open(args.output, "w") as fh:
-            fh.write(dumps(result.schedule, fmt))
+        write_output(args.output, dumps(result.schedule, fmt))
         out["output"] = {"path": args.output, "format": fmt}
     if args.json:
         emit_json(out)

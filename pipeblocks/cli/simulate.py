@@ -145,7 +145,7 @@ def _schedule(args: argparse.Namespace) -> Schedule:
 
 def run(args: argparse.Namespace) -> int:
     schedule = _schedule(args)
-    sim = simulate(schedule, build_costs(args))
+    sim = simulate(schedule, build_costs(args), validate=False)  # _schedule validated it
     bubbles = bubble_map(sim, args.capacity) if args.bubbles else None
     if args.json:
         out = summary(sim)

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.isfile(path):
         why = ("is a directory" if os.path.isdir(path) else
                "is not a regular file" if os.path.exists(path) else "does not exist")
-        return die(f"{path} {why}; give a schedule file (.csv or .json)", 2)
+        return die(f"{path} {why}; give a schedule file (.csv or .json)", 1)
     given = {"placement": args.placement, "stages_per_rank": args.v, "num_microbatches": args.m}
     options = {k: v for k, v in given.items() if v is not None}
     report: dict[str, Any] = {"file": path}

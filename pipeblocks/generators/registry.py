@@ -14,6 +14,7 @@ import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pipeblocks.checks import expect
 from pipeblocks.errors import SpecError
 from pipeblocks.ir.bulk import no_gc
 from pipeblocks.ir.schedule import Schedule
@@ -47,6 +48,7 @@ class Generator:
         self, num_ranks: int, num_microbatches: int, stages_per_rank: int | None = None
     ) -> PipelineSpec:
         """The spec this generator runs on, with its default stages per rank."""
+        _expect_sizes("Generator.spec", num_ranks, num_microbatches, stages_per_rank)
         v = self.stages_per_rank if stages_per_rank is None else stages_per_rank
         if self.fixed_stages_per_rank and v != self.stages_per_rank:
             raise SpecError(
@@ -56,6 +58,7 @@ class Generator:
         return PipelineSpec(num_ranks, num_microbatches, v, self.placement)
 
     def __call__(self, spec: PipelineSpec) -> Schedule:
+        expect(self.name, "spec", spec, PipelineSpec)
         if spec.placement is not self.placement:
             raise SpecError(
                 f"{self.name} needs placement '{self.placement.value}' (got "
@@ -101,6 +104,7 @@ def register(
 
 def get(name: str) -> Generator:
     """The generator called ``name``; an unknown name lists the known ones."""
+    expect("get", "name", name, str)
     _load()
     try:
         return _REGISTRY[name]
@@ -137,10 +141,20 @@ def generate(
     name: str, num_ranks: int, num_microbatches: int, stages_per_rank: int | None = None
 ) -> Schedule:
     """Make the schedule ``name`` for p ranks and m microbatches (v defaults per generator)."""
+    expect("generate", "name", name, str)
+    _expect_sizes("generate", num_ranks, num_microbatches, stages_per_rank)
     gen = get(name)
     spec = gen.spec(num_ranks, num_microbatches, stages_per_rank)
     with no_gc():  # a few objects per pass, no cycles: see pipeblocks.ir.bulk
         return gen(spec)
+
+
+def _expect_sizes(func: str, num_ranks: object, num_microbatches: object,
+                  stages_per_rank: object) -> None:
+    """The three sizes are ints (v may be None): checked before any rule compares them."""
+    expect(func, "num_ranks", num_ranks, int)
+    expect(func, "num_microbatches", num_microbatches, int)
+    expect(func, "stages_per_rank", stages_per_rank, int, none=True)
 
 
 def _load() -> None:

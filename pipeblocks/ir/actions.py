@@ -17,6 +17,7 @@ import enum
 import re
 from dataclasses import dataclass
 
+from pipeblocks.checks import expect
 from pipeblocks.errors import SpecError
 
 __all__ = ["Pass", "Action"]
@@ -30,13 +31,24 @@ class Pass(enum.Enum):
     W = "W"
     BW = "BW"
 
+    @classmethod
+    def _missing_(cls, value: object) -> Pass:
+        # Pass("X") is a SpecError naming the letters, not a bare ValueError.
+        raise SpecError(f"unknown pass {value!r}; use one of: F, B, W, BW (our letters)")
+
     @property
     def frees_input_grad(self) -> bool:
         """True for the passes that produce the gradient sent to the previous stage (B, BW)."""
         return self in (Pass.B, Pass.BW)
 
 
-_ACTION_RE = re.compile(r"^(\d+)(BW|F|B|W)(\d+)$")
+# ASCII digits only, as the file readers take them: ``\d`` would also match other scripts'
+# digits ('٣F٥'), which int() reads. At most 18 each, also as the readers (ir.formats._text):
+# int() refuses more than 4300 digits with a bare ValueError.
+_ACTION_RE = re.compile(r"^([0-9]{1,18})(BW|F|B|W)([0-9]{1,18})$")
+
+
+_set = object.__setattr__  # how a frozen dataclass sets its own fields
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -47,6 +59,19 @@ class Action:
     kind: Pass
     mb: int
 
+    def __init__(self, stage: int, kind: Pass, mb: int) -> None:
+        # Written out rather than generated + __post_init__: actions are made by the hundred
+        # thousand, and this costs what the generated __init__ did (a __post_init__ call adds
+        # about 20%). The careful check, which names the argument, runs only when a fast
+        # type() test fails.
+        if type(stage) is not int or type(kind) is not Pass or type(mb) is not int:
+            expect("Action", "stage", stage, int)
+            expect("Action", "kind", kind, Pass)
+            expect("Action", "mb", mb, int)
+        _set(self, "stage", stage)
+        _set(self, "kind", kind)
+        _set(self, "mb", mb)
+
     def __str__(self) -> str:
         return f"{self.stage}{self.kind.value}{self.mb}"
 
@@ -56,10 +81,12 @@ class Action:
 
     @classmethod
     def parse(cls, text: str) -> Action:
-        """Read ``<stage><letter><mb>`` (our letters F, B, W, BW)."""
+        """Read ``<stage><letter><mb>`` (our letters F, B, W, BW; ASCII digits)."""
+        expect("Action.parse", "text", text, str)
         m = _ACTION_RE.match(text.strip())
         if not m:
             raise SpecError(
-                f"action {text!r} is not <stage><F|B|W|BW><microbatch>; write e.g. '0F3' or '2BW1'"
+                f"action {text[:40]!r} is not <stage><F|B|W|BW><microbatch> (ASCII digits, at "
+                f"most 18 each); write e.g. '0F3' or '2BW1'"
             )
         return cls(int(m.group(1)), Pass(m.group(2)), int(m.group(3)))

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from pipeblocks.checks import expect
 from pipeblocks.errors import SpecError
 from pipeblocks.ir.actions import Action
 from pipeblocks.ir.spec import PipelineSpec
@@ -34,7 +35,11 @@ class Schedule:
     name: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        progs = tuple(tuple(p) for p in self.programs)
+        expect("Schedule", "spec", self.spec, PipelineSpec)
+        expect("Schedule", "name", self.name, str)
+        if isinstance(self.programs, str | bytes) or not isinstance(self.programs, Iterable):
+            expect("Schedule", "programs", self.programs, tuple)
+        progs = tuple(_program(r, p) for r, p in enumerate(self.programs))
         object.__setattr__(self, "programs", progs)
         if len(progs) != self.spec.num_ranks:
             raise SpecError(
@@ -66,3 +71,14 @@ class Schedule:
         from pipeblocks.ir.ascii import grid
 
         return grid(self)
+
+
+def _program(rank: int, program: Iterable[Action]) -> tuple[Action, ...]:
+    """One rank's program as a tuple, every item an Action (else an ArgTypeError naming it)."""
+    if isinstance(program, str | bytes) or not isinstance(program, Iterable):
+        expect("Schedule", f"programs[{rank}]", program, tuple)
+    prog = tuple(program)
+    if not all(type(a) is Action for a in prog):  # the fast test; the careful one names it
+        for i, a in enumerate(prog):
+            expect("Schedule", f"programs[{rank}][{i}]", a, Action)
+    return prog

@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from pipeblocks.checks import expect
 from pipeblocks.errors import SpecError
 
 __all__ = ["Placement", "PipelineSpec"]
@@ -27,6 +28,10 @@ class Placement(enum.Enum):
 
     LOOP = "loop"
     V = "v"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Placement:
+        raise SpecError(f"unknown placement {value!r}; use one of: loop, v")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +44,7 @@ class PipelineSpec:
     placement: Placement = Placement.LOOP
 
     def __post_init__(self) -> None:
+        expect("PipelineSpec", "placement", self.placement, (Placement, str))
         if isinstance(self.placement, str):
             try:
                 object.__setattr__(self, "placement", Placement(self.placement))
@@ -52,8 +58,7 @@ class PipelineSpec:
             ("num_microbatches", self.num_microbatches, "-m"),
             ("stages_per_rank", self.stages_per_rank, "--stages-per-rank"),
         ):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise SpecError(f"{field} must be an integer (got {value!r})")
+            expect("PipelineSpec", field, value, int)
             if value < 1:
                 raise SpecError(f"{field} must be >= 1 (got {value}); use {flag} 1 or more")
         if self.placement is Placement.V and self.stages_per_rank != 2:

@@ -32,6 +32,7 @@ action by action to name the first rule it breaks.
 
 from __future__ import annotations
 
+from pipeblocks.checks import expect
 from pipeblocks.errors import ScheduleError
 from pipeblocks.ir.actions import Action, Pass
 from pipeblocks.ir.ascii import error_grid
@@ -49,7 +50,8 @@ _CODE = {Pass.F: 0, Pass.B: 1, Pass.W: 2, Pass.BW: 3}
 
 
 def _fail(schedule: Schedule, rule: str, rank: int | None, pos: int | None, text: str) -> None:
-    where = f"rank {rank}, position {pos}: " if rank is not None else ""
+    where = "" if rank is None else f"rank {rank}: " if pos is None else \
+        f"rank {rank}, position {pos}: "
     mark = (rank, pos) if rank is not None and pos is not None else None
     raise ScheduleError(
         f"invalid schedule ({rule}): {where}{text}",
@@ -67,6 +69,7 @@ def _where(schedule: Schedule, action: Action) -> tuple[int, int]:
 
 def validate(schedule: Schedule) -> None:
     """Raise :class:`ScheduleError` at the first broken rule; return None if the schedule is valid."""
+    expect("validate", "schedule", schedule, Schedule)
     with no_gc():  # a few objects per pass, no cycles: see pipeblocks.ir.bulk
         if not _complete(schedule):
             _check_each_action(schedule)  # raises the first broken rule, in program order
@@ -235,7 +238,7 @@ def _check_missing(schedule: Schedule, seen: set[int], counts: list[int]) -> Non
 
 
 def is_valid(schedule: Schedule) -> bool:
-    """True when :func:`validate` passes."""
+    """True when :func:`validate` passes (an argument that is not a Schedule still raises)."""
     try:
         validate(schedule)
     except ScheduleError:

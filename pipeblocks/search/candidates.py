@@ -117,7 +117,7 @@ def rank_key(c: Candidate, objective: Objective = Objective.MAKESPAN
 def _candidate(family: str, how: str, schedule: Schedule, costs: CostModel) -> Candidate:
     name = how if family == "named" else f"search:{how}"
     schedule = schedule.renamed(name)
-    return Candidate(family, how, schedule, simulate(schedule, costs))
+    return Candidate(family, how, schedule, simulate(schedule, costs, validate=False))
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +233,7 @@ class VFamily:
         """Simulations of the block's three ways with ``screen_m`` microbatches."""
         layout = self._layout(b, self.screen_m)
         schedule = squeeze(layout)
-        sims = [simulate(schedule, self.costs)]
+        sims = [simulate(schedule, self.costs, validate=False)]
         tight = self._tight_schedule(b, layout, limit)
         if tight is not None:
             sims.append(tight[1])
@@ -242,7 +242,7 @@ class VFamily:
         except SpecError:
             pass
         else:
-            sims.append(simulate(replanned, self.costs))
+            sims.append(simulate(replanned, self.costs, validate=False))
         return sims
 
     def _variants(self, b: _VBlock, limit: float) -> list[Candidate]:
@@ -268,7 +268,7 @@ class VFamily:
         if max(program_peaks(s, self.tab)) > limit + EPS * max(1.0, abs(limit)):
             return None
         try:
-            return s, simulate(s, self.costs)
+            return s, simulate(s, self.costs, validate=False)
         except DeadlockError:  # the pattern broke a dependency: not a candidate
             return None
 

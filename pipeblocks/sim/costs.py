@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from pipeblocks.checks import expect
 from pipeblocks.errors import SpecError
 from pipeblocks.ir.actions import Pass
 from pipeblocks.ir.spec import PipelineSpec
@@ -60,10 +61,12 @@ class UniformCosts:
     def __post_init__(self) -> None:
         for name in ("f", "b", "w", "comm", "mem_f"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+            expect("UniformCosts", name, value, (int, float))
+            if value != value:
                 raise SpecError(f"cost '{name}' must be a number (got {value!r})")
             if value < 0 or value == float("inf"):
                 raise SpecError(f"cost '{name}' must be finite and >= 0 (got {value})")
+        expect("UniformCosts", "mem_w", self.mem_w, (int, float), none=True)
         if self.mem_w is not None and not 0 <= self.mem_w <= self.mem_f:
             raise SpecError(
                 f"cost 'mem_w' must lie in 0..mem_f (got mem_w={self.mem_w}, mem_f={self.mem_f})"

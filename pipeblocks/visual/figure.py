@@ -20,12 +20,13 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeblocks.checks import require
 from pipeblocks.errors import SpecError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["FORMATS", "new_figure", "stack", "save_figure", "points_per_unit"]
+__all__ = ["FORMATS", "need_matplotlib", "new_figure", "stack", "save_figure", "points_per_unit"]
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +36,18 @@ MAX_PIXELS = 2**27
 """The largest PNG :func:`save_figure` writes (about 134 M pixels, 512 MB as RGBA)."""
 
 
+def need_matplotlib() -> None:
+    """MissingDependencyError naming the ``plot`` extra, unless matplotlib imports; the public
+    figure functions call it first, before any matplotlib import of theirs."""
+    require("matplotlib", "drawing a picture")
+
+
 def new_figure(width_in: float, height_in: float) -> Figure:
     """A Figure of that size (inches) on an Agg canvas."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:  # pragma: no cover - matplotlib is a dev dependency
-        raise SpecError(
-            "pictures need matplotlib; install it with `pip install 'pipeblocks[plot]'`"
-        ) from None
+    need_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width_in, height_in))
     FigureCanvasAgg(fig)
     return fig

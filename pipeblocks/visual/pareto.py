@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeblocks.errors import SpecError
-from pipeblocks.visual.figure import new_figure, save_figure
+from pipeblocks.visual.figure import need_matplotlib, new_figure, save_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -60,6 +60,7 @@ def pareto_figure(points: Iterable[Point], named: Mapping[str, Point], *,
                   xlabel: str = "peak activation memory (× 1F1B peak)",
                   ylabel: str = "bubble rate (paper metric)", title: str = "") -> Figure:
     """The figure: every point in grey, the front as a staircase, named schedules marked."""
+    need_matplotlib()
     pts = _check(points, "points")
     marks = dict(zip(named, _check(named.values(), "named schedules"), strict=True))
     fig = new_figure(7.0, 4.8)

@@ -29,7 +29,13 @@ from typing import TYPE_CHECKING
 from pipeblocks.errors import SpecError
 from pipeblocks.ir.actions import Pass
 from pipeblocks.sim.engine import Simulation
-from pipeblocks.visual.figure import new_figure, points_per_unit, save_figure, stack
+from pipeblocks.visual.figure import (
+    need_matplotlib,
+    new_figure,
+    points_per_unit,
+    save_figure,
+    stack,
+)
 from pipeblocks.visual.palette import BUDGET, IDLE, color, kind_label, text_color
 
 if TYPE_CHECKING:
@@ -162,6 +168,7 @@ def timeline_figure(sim: Simulation, *, memory_fraction: float | None = None,
     ``memory_fraction`` draws the budget line at that multiple of 1F1B's peak; ``width`` fixes
     the figure's width in inches (default: sized so most microbatch numbers fit, 8..18 in).
     """
+    need_matplotlib()
     if memory_fraction is not None and not memory_fraction > 0:
         raise SpecError(f"memory fraction must be > 0 (got {memory_fraction}); e.g. --memory 0.5")
     spec = sim.schedule.spec
@@ -250,6 +257,7 @@ def compare_figure(sims: Sequence[Simulation], *, title: str | None = None,
 
     ``memory_fraction`` draws the budget line (a multiple of 1F1B's peak) in the memory panel.
     """
+    need_matplotlib()
     if not sims:
         raise SpecError("compare needs at least one schedule")
     if memory_fraction is not None and not memory_fraction > 0:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeblocks.errors import SpecError
+from pipeblocks.errors import ArgTypeError, SpecError
 from pipeblocks.ir import Action, Pass, PipelineSpec, Placement, Schedule
 
 specs = st.builds(
@@ -27,6 +27,15 @@ def test_action_text_round_trip(stage: int, kind: Pass, mb: int) -> None:
 def test_action_parse_rejects_malformed(text: str) -> None:
     """Malformed action text is a SpecError that shows the expected form."""
     with pytest.raises(SpecError, match="<stage><F|B|W|BW><microbatch>"):
+        Action.parse(text)
+
+
+@pytest.mark.parametrize("text", ["\u0663F\u0665", "0F\uff13", "\u0967BW0", "1" * 19 + "F0",
+                                  "1" * 5000 + "F0"])
+def test_action_parse_takes_ascii_digits_only(text: str) -> None:
+    """Other scripts' digits and overlong numbers are refused, as the file readers refuse them
+    (int() would read '\u0663' as 3, and a 5000-digit number is its bare ValueError)."""
+    with pytest.raises(SpecError, match=r"ASCII digits, at most 18 each"):
         Action.parse(text)
 
 
@@ -65,13 +74,18 @@ def test_v_placement_by_hand() -> None:
         ((4, 4, 0), "stages_per_rank must be >= 1"),
         ((4, 4, 3, "v"), "placement 'v' holds exactly 2 stages per rank .*got stages_per_rank=3"),
         ((4, 4, 1, "zigzag"), "unknown placement 'zigzag'; use one of: loop, v"),
-        ((4.0, 4), "num_ranks must be an integer"),
-        ((True, 4), "num_ranks must be an integer"),
     ],
 )
 def test_spec_errors_name_rule_value_and_fix(args: tuple, match: str) -> None:
     """Bad specs raise SpecError naming the field, the value and a fix."""
     with pytest.raises(SpecError, match=match):
+        PipelineSpec(*args)
+
+
+@pytest.mark.parametrize("args", [(4.0, 4), (True, 4), ("4", 4)])
+def test_spec_refuses_sizes_that_are_not_ints(args: tuple) -> None:
+    """A size that is not an int (a float, a bool, a string) is an ArgTypeError naming it."""
+    with pytest.raises(ArgTypeError, match=r"PipelineSpec\(\): num_ranks must be an int \(got"):
         PipelineSpec(*args)
 
 

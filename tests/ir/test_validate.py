@@ -130,6 +130,15 @@ def test_missing_names_the_first_gap_in_stage_then_microbatch_order() -> None:
     assert "stage 1 microbatch 2 has no F; add 1F2 to rank 1" in _rule(s).headline
 
 
+def test_missing_pass_message_has_no_position() -> None:
+    """A missing pass has no position: the message names the rank only, never "position None"."""
+    for programs in (("0F0", "1F0 1BW0"), ("0F0 0BW0", "1BW0")):
+        err = _rule(_tiny(*programs))
+        assert err.rule == "missing" and err.position is None
+        assert "position" not in err.headline
+        assert err.headline.startswith(f"invalid schedule (missing): rank {err.rank}: stage ")
+
+
 def test_huge_spec_with_short_programs_fails_fast() -> None:
     """A spec of 10**12 microbatches is 'missing' at once, without scanning every microbatch."""
     s = _tiny("0F0 0BW0", m=10**12)

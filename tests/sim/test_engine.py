@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeblocks.errors import DeadlockError
+from pipeblocks.errors import DeadlockError, ScheduleError
 from pipeblocks.generators import generate, names
 from pipeblocks.ir import Action, PipelineSpec, Schedule
 from pipeblocks.ir.deps import key, needs
@@ -63,13 +63,34 @@ def test_split_backward_memory_by_hand() -> None:
 
 
 def test_deadlocked_programs_name_every_stuck_rank() -> None:
-    """Two ranks each waiting for the other's later pass raise DeadlockError naming both."""
+    """Unvalidated, two ranks each waiting for the other's later pass raise DeadlockError
+    naming both; validated (the default), the validator's dependency rule names the root."""
     spec = PipelineSpec(2, 1)
     sched = Schedule(spec, ((A("0BW0"), A("0F0")), (A("1F0"), A("1BW0"))))
     with pytest.raises(DeadlockError) as err:
-        simulate(sched)
+        simulate(sched, validate=False)
     assert set(err.value.blocked) == {0, 1}
     assert "0BW0" in err.value.blocked[0] and "1F0" in err.value.blocked[1]
+    with pytest.raises(ScheduleError, match=r"\(dependency\): rank 0, position 0: 0BW0"):
+        simulate(sched)
+
+
+def test_simulate_validates_by_default() -> None:
+    """A schedule missing one W gets no makespan: simulate raises the validator's error."""
+    full = generate("zb-h1", 2, 2)
+    dropped = A("0W1")
+    programs = [tuple(a for a in prog if a != dropped) for prog in full.programs]
+    broken = Schedule(full.spec, programs)
+    assert simulate(broken, validate=False).makespan > 0  # what the engine alone would say
+    with pytest.raises(ScheduleError, match=r"\(split-or-fused\).*0B1 has no matching 0W1"):
+        simulate(broken)
+
+
+def test_simulate_skipping_validation_gives_the_same_result() -> None:
+    """validate=False changes nothing for a valid schedule but the time spent."""
+    s = generate("v-half", 4, 8)
+    costs = UniformCosts(f=1, b=2, w=1, comm=0.25)
+    assert simulate(s, costs, validate=False) == simulate(s, costs)
 
 
 def test_simulation_is_frozen() -> None:
