@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from pipeblocks.cli.common import add_cost_args, add_spec_args, die, parse_cost
+from pipeblocks.cli.common import add_cost_args, add_spec_args, cost_of, die
 from pipeblocks.errors import PipeblocksError, SpecError
 from pipeblocks.generators import generate
 from pipeblocks.ir import Schedule, validate
@@ -45,10 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.cost is not None and args.format != "chrome-trace":
-        raise SpecError(f"--cost only applies to --format chrome-trace (got --format "
-                        f"{args.format}); drop --cost")
-    costs = parse_cost(args.cost)  # checked before generating: a bad --cost fails fast
+    flag = "--cost" if args.cost is not None else "--stage-cost"
+    if (args.cost is not None or args.stage_cost is not None) and args.format != "chrome-trace":
+        raise SpecError(f"{flag} only applies to --format chrome-trace (got --format "
+                        f"{args.format}); drop {flag}")
+    costs = cost_of(args)  # checked before generating: a bad --cost fails fast
     schedule = generate(args.name, args.p, args.m, args.v)
     validate(schedule)
     text = _chrome_trace(schedule, costs) if args.format == "chrome-trace" else dumps(

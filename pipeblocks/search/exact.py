@@ -44,7 +44,8 @@ from pipeblocks.search.tables import Tables, tables
 from pipeblocks.sim.costs import CostModel
 from pipeblocks.sim.engine import Simulation, simulate
 
-__all__ = ["ExactResult", "solve_exact", "quantum_of", "have_solver", "SolverMissing"]
+__all__ = ["ExactResult", "solve_exact", "quantum_of", "have_solver", "SolverMissing",
+           "NoScheduleFound"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,15 @@ _KINDS = (Pass.F, Pass.B, Pass.W)
 
 class SolverMissing(PipeblocksError):
     """The exact solver needs OR-Tools, which is not installed."""
+
+
+class NoScheduleFound(PipeblocksError):
+    """The solver ran out of time before its first schedule (and had no hint); ``bound`` is
+    what it proved all the same."""
+
+    def __init__(self, message: str, bound: float) -> None:
+        super().__init__(message)
+        self.bound = bound
 
 
 def have_solver() -> bool:
@@ -263,8 +273,10 @@ def solve_exact(spec: PipelineSpec, costs: CostModel, limit: float, *, time_limi
         if fits and (sim is None or found_sim.makespan < sim.makespan - EPS):
             best, sim = found, found_sim
     if best is None or sim is None:
-        raise SpecError(f"the exact solver found no schedule of {spec.describe()} within "
-                        f"{limit:g} in {time_limit:g} s ({status}); give a longer --time-limit")
+        raise NoScheduleFound(
+            f"the exact solver found no schedule of {spec.describe()} within {limit:g} in "
+            f"{time_limit:g} s ({status}; proven bound {solver.BestObjectiveBound() * q:g}) and "
+            f"had no hint; give a longer --time-limit", max(0.0, solver.BestObjectiveBound() * q))
     # CP-SAT's bound holds for the rounded-down times, so for the real ones; never above what
     # was found (the model asks for no more than the hint)
     bound = min(max(0.0, solver.BestObjectiveBound()) * q, sim.makespan)
