@@ -100,9 +100,8 @@ def run(args: argparse.Namespace) -> int:
                    "costs": describe_costs(costs), "schedules": rows,
                    "not_applicable": skipped})
         return 0
-    print(f"# p={args.p} m={args.m}  costs: {describe_costs(costs)}")
-    print("# bubble: papers' metric (max span vs busy) and global (all ranks 0..makespan); "
-          "peak: fraction of 1F1B's")
+    print(f"# p={args.p} m={args.m}  costs: {describe_costs(costs)}  bubble: papers' metric "
+          f"(max span vs busy) and global (all ranks 0..makespan); peak: fraction of 1F1B's")
     head = (f"{'schedule':<18} {'v':>2} {'formula':>8} {'bubble':>8} {'global':>8} "
             f"{'peak':>6} {'makespan':>10} {'p2p':>7}")
     print(head)
