@@ -44,6 +44,7 @@ from pipeblocks.search.candidates import (
     score,
     zb_candidates,
 )
+from pipeblocks.search.listsched import LIST_MAX_PASSES, LIST_RULES, list_candidates
 from pipeblocks.search.tables import Tables, fits, tables
 from pipeblocks.search.zb import zb_smallest_limit
 from pipeblocks.sim.costs import UNIT, CostModel, memory_unit
@@ -152,6 +153,7 @@ class Searcher:
                                       if e.tab.spec.stages_per_rank == 1]
             self.skipped.update(self.named.skipped)
         self._zb: dict[float, list[Candidate]] = {}
+        self._listed: dict[tuple[str, float], list[Candidate]] = {}
         self.evaluated: dict[str, Candidate] = {}  # schedule name -> candidate
 
     def _tab(self, spec: PipelineSpec, name: str, wanted: bool) -> Tables | None:
@@ -243,6 +245,12 @@ class Searcher:
                 if key not in self._zb:
                     self._zb[key] = zb_candidates(self.loop_tab.spec, self.costs, limit, tick)
                 found += self._zb[key]
+        for tab in (self.v_tab, self.loop_tab):
+            if tab is not None and 3 * tab.spec.num_stages * self.m <= LIST_MAX_PASSES:
+                key = (tab.spec.placement.value, float(f"{budget.limit(tab):.12g}"))
+                if key not in self._listed:
+                    self._listed[key] = list_candidates(tab, self.costs, key[1], tick)
+                found += self._listed[key]
         for c in found:
             self.evaluated.setdefault(c.schedule.name, c)
         # whatever an earlier budget simulated and fits this one is a candidate too, so a
@@ -267,6 +275,8 @@ class Searcher:
             n += self.v.steps(budget.limit(self.v_tab))
         if self.loop_tab:
             n += len(ZB_RULES)
+        n += sum(len(LIST_RULES) for t in (self.v_tab, self.loop_tab)
+                 if t is not None and 3 * t.spec.num_stages * self.m <= LIST_MAX_PASSES)
         return max(n, 1)
 
     def best(self, budget: float | Budget, progress: Progress | None = None) -> SearchResult:
