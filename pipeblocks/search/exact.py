@@ -8,8 +8,8 @@ start, B frees mem_f - mem_w at its end, W frees mem_w at its end: the simulator
 that never goes above the limit. The objective is the makespan. Passes are kept apart (B and W),
 which loses nothing: a BW is a B with its W right after.
 
-**Integer times.** CP-SAT needs integers, so times are counted in a quantum of 10^-4 of the
-largest pass or transfer time's power of ten (:func:`quantum_of`; 5 significant digits) and
+**Integer times.** CP-SAT needs integers, so times are counted in a quantum of 10^-5 of the
+largest pass or transfer time's power of ten (:func:`quantum_of`; 6 significant digits) and
 rounded down. Rounding down keeps the bound sound: every real schedule is a schedule of the
 rounded problem, no longer. The schedule found is timed again with the real costs by the
 simulator, and it is called optimal only when that real makespan meets the bound.
@@ -120,13 +120,13 @@ class ExactResult:
 
 
 def quantum_of(values: list[float]) -> float:
-    """The time unit of the model: 10^-4 of the largest value's power of ten.
+    """The time unit of the model: 10^-5 of the largest value's power of ten.
 
     >>> quantum_of([0.5, 1.0]), quantum_of([9.261, 0.601]), quantum_of([18.522])
-    (0.0001, 0.0001, 0.001)
+    (1e-05, 1e-05, 0.0001)
     """
     top = max((v for v in values if v > 0), default=1.0)
-    return float(10.0 ** (math.floor(math.log10(top)) - 4))
+    return float(10.0 ** (math.floor(math.log10(top)) - 5))
 
 
 def _ticks(x: float, q: float) -> int:
@@ -196,7 +196,8 @@ def solve_exact(spec: PipelineSpec, costs: CostModel, limit: float, *, time_limi
     """The shortest schedule of ``spec`` under ``costs`` whose peak stays within ``limit`` (in
     the cost model's memory unit) on every rank, or the best found in ``time_limit`` seconds
     with a proven lower bound. ``hint``: a schedule of the same spec to start from (CP-SAT's
-    hint, and an upper bound: the result is never slower). Raises :class:`SolverMissing`
+    hint, and an upper bound: the result is never slower); by default the list scheduler's
+    best (:mod:`~pipeblocks.search.listsched`). Raises :class:`SolverMissing`
     without OR-Tools, :class:`SpecError` when ``hint`` is of another spec."""
     if not have_solver():
         raise SolverMissing("the exact solver needs OR-Tools (CP-SAT), which is not installed; "
@@ -208,6 +209,8 @@ def solve_exact(spec: PipelineSpec, costs: CostModel, limit: float, *, time_limi
                         f"{spec.describe()}; give a hint of the same spec")
     t0 = time.perf_counter()
     tab = tables(spec, costs)
+    if hint is None:  # the list scheduler's best, so that the solver never starts empty
+        hint = _list_hint(tab, costs, limit)
     m, n = spec.num_microbatches, spec.num_stages
     q = quantum_of([*tab.f, *tab.b, *tab.w, *tab.comm_act, *tab.comm_grad])
     times = [*tab.f, *tab.b, *tab.w, *tab.comm_act, *tab.comm_grad]
@@ -244,11 +247,12 @@ def solve_exact(spec: PipelineSpec, costs: CostModel, limit: float, *, time_limi
         model.Add(start[Action(0, Pass.F, j + 1)] >= start[Action(0, Pass.F, j)])
     scale, exact_memory = _memory_scale([*tab.mem_f, *tab.mem_w, limit])
     cap = math.ceil(limit * scale - 1e-9) if not exact_memory else round(limit * scale)
+    floor = 0  # no rank ends before its first pass can start plus all its work
     for r in range(spec.num_ranks):
         mine = [a for a in dur if tab.rank_of[a.stage] == r]
         model.AddNoOverlap([interval[a] for a in mine])
-        busy = sum(dur[a] for a in mine)
-        model.Add(makespan >= min(es[a] for a in mine) + busy)
+        floor = max(floor, min(es[a] for a in mine) + sum(dur[a] for a in mine))
+        model.Add(makespan >= floor)
         _hold(model, mine, start, dur, tab, scale, cap, makespan)
     model.Minimize(makespan)
     for a, t in hint_starts.items():
@@ -275,11 +279,12 @@ def solve_exact(spec: PipelineSpec, costs: CostModel, limit: float, *, time_limi
     if best is None or sim is None:
         raise NoScheduleFound(
             f"the exact solver found no schedule of {spec.describe()} within {limit:g} in "
-            f"{time_limit:g} s ({status}; proven bound {solver.BestObjectiveBound() * q:g}) and "
-            f"had no hint; give a longer --time-limit", max(0.0, solver.BestObjectiveBound() * q))
+            f"{time_limit:g} s ({status}; proven bound {max(floor, solver.BestObjectiveBound()) * q:g}"
+            f") and had no hint; give a longer --time-limit",
+            max(floor, solver.BestObjectiveBound()) * q)
     # CP-SAT's bound holds for the rounded-down times, so for the real ones; never above what
     # was found (the model asks for no more than the hint)
-    bound = min(max(0.0, solver.BestObjectiveBound()) * q, sim.makespan)
+    bound = min(max(floor, solver.BestObjectiveBound()) * q, sim.makespan)
     optimal = sim.makespan <= bound + EPS * max(1.0, bound) + 1e-12
     seconds = time.perf_counter() - t0
     log.info("exact %s limit %g: %s, makespan %g, bound %g (%.1f s)", spec.describe(), limit,
@@ -313,6 +318,15 @@ def _hold(model: Any, mine: list[Action], start: dict[Action, Any], dur: dict[Ac
     if intervals:
         model.AddCumulative(intervals, demands, cap)
         model.Add(sum(energy) <= cap * makespan)
+
+
+def _list_hint(tab: Tables, costs: CostModel, limit: float) -> Schedule | None:
+    from pipeblocks.search.listsched import list_candidates  # it imports the candidates
+
+    ok = [c for c in list_candidates(tab, costs, limit)
+          if c.peak <= limit + EPS * max(1.0, limit)]
+    return min(ok, key=lambda c: (c.simulation.makespan, c.schedule.name)).schedule \
+        if ok else None
 
 
 def _schedule_of(spec: PipelineSpec, starts: dict[Action, int], dur: dict[Action, int],

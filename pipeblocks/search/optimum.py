@@ -2,7 +2,8 @@
 
 :func:`search_exact` runs the heuristic search (:func:`pipeblocks.search.search`), then the
 exact solver (:mod:`pipeblocks.search.exact`) once per placement the family covers (``v``: the
-V placement; ``zb``: the loop with one stage per rank; ``all``: both), each warm-started from
+V placement; ``zb``: the loop with one stage per rank; ``all``: both, and the loop with two
+stages per rank of the interleaved schedules), each warm-started from
 the heuristic's best schedule of that placement. The result says how far the heuristic is from
 the best schedule of those placements: ``optimal`` when the solver proved it.
 
@@ -31,9 +32,10 @@ __all__ = ["ExactSearchResult", "search_exact", "exact_specs"]
 
 
 def exact_specs(p: int, m: int, family: str) -> list[PipelineSpec]:
-    """The placements the exact solver covers for ``family``."""
-    v, loop = PipelineSpec(p, m, 2, "v"), PipelineSpec(p, m)
-    return {"v": [v], "zb": [loop]}.get(family, [v, loop])
+    """The placements the exact solver covers for ``family``: every one the search's
+    candidates use (``all`` also has the interleaved loop with two stages per rank)."""
+    v, loop, loop2 = PipelineSpec(p, m, 2, "v"), PipelineSpec(p, m), PipelineSpec(p, m, 2)
+    return {"v": [v], "zb": [loop]}.get(family, [v, loop, loop2])
 
 
 @dataclass(frozen=True, slots=True)
