@@ -21,6 +21,7 @@ proven rows of the smallest cases and checks the page shows what this script pri
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from dataclasses import dataclass
@@ -67,8 +68,8 @@ PROFILES: dict[str, CostModel] = {"unit": UniformCosts(), "zb-1.5b": ZB_15B,
 
 def budgets(p: int, m: int, costs: CostModel) -> list[float]:
     """The smallest feasible budget of family all, then those of BUDGETS above it."""
-    low = Searcher(p, m, costs, "all").smallest()
-    return [round(low, 4), *(b for b in BUDGETS if b > low + 1e-9)]
+    low = math.ceil(Searcher(p, m, costs, "all").smallest() * 1e4 - 1e-6) / 1e4
+    return [low, *(b for b in BUDGETS if b > low + 1e-9)]
 
 
 def best_named(p: int, m: int, costs: CostModel, budget: float) -> tuple[str, float] | None:

@@ -120,13 +120,19 @@ class ExactResult:
 
 
 def quantum_of(values: list[float]) -> float:
-    """The time unit of the model: 10^-5 of the largest value's power of ten.
+    """The time unit of the model: 10^-5 of the largest value's power of ten (6 significant
+    digits), or a finer power of ten, down to 10^-8 of it, that every value is a multiple of.
 
-    >>> quantum_of([0.5, 1.0]), quantum_of([9.261, 0.601]), quantum_of([18.522])
-    (1e-05, 1e-05, 0.0001)
+    >>> quantum_of([0.5, 1.0]), quantum_of([9.261, 0.601]), quantum_of([18.522, 7.00275])
+    (1e-05, 1e-05, 1e-05)
     """
     top = max((v for v in values if v > 0), default=1.0)
-    return float(10.0 ** (math.floor(math.log10(top)) - 5))
+    first = math.floor(math.log10(top)) - 5
+    for k in range(first, first - 4, -1):
+        q = float(10.0**k)
+        if all(abs(v / q - round(v / q)) <= 1e-6 for v in values):
+            return q
+    return float(10.0**first)
 
 
 def _ticks(x: float, q: float) -> int:

@@ -218,7 +218,10 @@ def list_schedule(spec: PipelineSpec, costs: CostModel, limit: float,
         raise DeadlockError(f"list scheduler ({rule.describe()}) is stuck with {left} passes "
                             f"left under limit {limit:g} on {spec.describe()}; a larger "
                             f"limit or another rule gets through", blocked={})
-    return Schedule.from_lists(spec, st.programs, f"list({rule.describe()},limit={limit:g})")
+    v = spec.stages_per_rank
+    where = "v" if spec.placement is Placement.V else "loop" if v == 1 else f"loop-v{v}"
+    return Schedule.from_lists(spec, st.programs, f"list({where},{rule.describe()},"
+                               f"limit={limit:g})")
 
 
 def list_candidates(tab: Tables, costs: CostModel, limit: float,
