@@ -250,11 +250,11 @@ class Searcher:
                 found += self._zb[key]
         for tab in (self.v_tab, self.loop_tab, self.loop2_tab):
             if tab is not None and 3 * tab.spec.num_stages * self.m <= LIST_MAX_PASSES:
-                key = (tab.spec.placement.value, tab.spec.stages_per_rank,
+                lkey = (tab.spec.placement.value, tab.spec.stages_per_rank,
                        float(f"{budget.limit(tab):.12g}"))
-                if key not in self._listed:
-                    self._listed[key] = list_candidates(tab, self.costs, key[2], tick)
-                found += self._listed[key]
+                if lkey not in self._listed:
+                    self._listed[lkey] = list_candidates(tab, self.costs, lkey[2], tick)
+                found += self._listed[lkey]
         for c in found:
             self.evaluated.setdefault(c.schedule.name, c)
         # whatever an earlier budget simulated and fits this one is a candidate too, so a

@@ -234,49 +234,49 @@ def solve_exact(spec: PipelineSpec, costs: CostModel, limit: float, *, time_limi
     start: dict[Action, Any] = {}
     interval: dict[Action, Any] = {}
     for a, d in dur.items():
-        start[a] = model.NewIntVar(es[a], max(es[a], horizon - d), f"s{a}")
-        interval[a] = model.NewFixedSizeIntervalVar(start[a], d, f"i{a}")
-    makespan = model.NewIntVar(0, horizon, "makespan")
+        start[a] = model.new_int_var(es[a], max(es[a], horizon - d), f"s{a}")
+        interval[a] = model.new_fixed_size_interval_var(start[a], d, f"i{a}")
+    makespan = model.new_int_var(0, horizon, "makespan")
     for s in range(n):
         for j in range(m):
             f, b, w = Action(s, Pass.F, j), Action(s, Pass.B, j), Action(s, Pass.W, j)
             if s > 0:
-                model.Add(start[f] >= start[Action(s - 1, Pass.F, j)]
+                model.add(start[f] >= start[Action(s - 1, Pass.F, j)]
                           + dur[Action(s - 1, Pass.F, j)] + comm_a[s])
-            model.Add(start[b] >= start[f] + dur[f])
+            model.add(start[b] >= start[f] + dur[f])
             if s < n - 1:
                 up = Action(s + 1, Pass.B, j)
-                model.Add(start[b] >= start[up] + dur[up] + comm_g[s])
-            model.Add(start[w] >= start[b] + dur[b])
-            model.Add(makespan >= start[w] + dur[w])
+                model.add(start[b] >= start[up] + dur[up] + comm_g[s])
+            model.add(start[w] >= start[b] + dur[b])
+            model.add(makespan >= start[w] + dur[w])
     for j in range(m - 1):  # symmetry: microbatches enter stage 0 in order
-        model.Add(start[Action(0, Pass.F, j + 1)] >= start[Action(0, Pass.F, j)])
+        model.add(start[Action(0, Pass.F, j + 1)] >= start[Action(0, Pass.F, j)])
     scale, exact_memory = _memory_scale([*tab.mem_f, *tab.mem_w, limit])
     cap = math.ceil(limit * scale - 1e-9) if not exact_memory else round(limit * scale)
     floor = 0  # no rank ends before its first pass can start plus all its work
     for r in range(spec.num_ranks):
         mine = [a for a in dur if tab.rank_of[a.stage] == r]
-        model.AddNoOverlap([interval[a] for a in mine])
+        model.add_no_overlap([interval[a] for a in mine])
         floor = max(floor, min(es[a] for a in mine) + sum(dur[a] for a in mine))
-        model.Add(makespan >= floor)
+        model.add(makespan >= floor)
         _hold(model, mine, start, dur, tab, scale, cap, makespan)
-    model.Minimize(makespan)
+    model.minimize(makespan)
     for a, t in hint_starts.items():
-        model.AddHint(start[a], _ticks(t, q))
+        model.add_hint(start[a], _ticks(t, q))
     if hint_makespan is not None:
-        model.AddHint(makespan, _ticks(hint_makespan, q))
+        model.add_hint(makespan, _ticks(hint_makespan, q))
 
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = float(time_limit)
     solver.parameters.num_workers = workers or max(1, min(8, os.cpu_count() or 1))
-    code = solver.Solve(model)
-    status = solver.StatusName(code)
+    code = solver.solve(model)
+    status = solver.status_name(code)
     if code == cp_model.INFEASIBLE and hint is None:
         raise SpecError(f"no schedule of {spec.describe()} keeps every rank's peak within "
                         f"{limit:g}; raise the memory limit")
     best, sim = hint, simulate(hint, costs) if hint else None
     if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        found = _schedule_of(spec, {a: solver.Value(v) for a, v in start.items()}, dur, tab,
+        found = _schedule_of(spec, {a: solver.value(v) for a, v in start.items()}, dur, tab,
                              f"exact:{spec.placement.value}(limit={limit:g})")
         found_sim = simulate(found, costs)
         fits = max(found_sim.peak_memory) <= limit + EPS * max(1.0, limit)
@@ -285,12 +285,12 @@ def solve_exact(spec: PipelineSpec, costs: CostModel, limit: float, *, time_limi
     if best is None or sim is None:
         raise NoScheduleFound(
             f"the exact solver found no schedule of {spec.describe()} within {limit:g} in "
-            f"{time_limit:g} s ({status}; proven bound {max(floor, solver.BestObjectiveBound()) * q:g}"
+            f"{time_limit:g} s ({status}; proven bound {max(floor, solver.best_objective_bound) * q:g}"
             f") and had no hint; give a longer --time-limit",
-            max(floor, solver.BestObjectiveBound()) * q)
+            max(floor, solver.best_objective_bound) * q)
     # CP-SAT's bound holds for the rounded-down times, so for the real ones; never above what
     # was found (the model asks for no more than the hint)
-    bound = min(max(floor, solver.BestObjectiveBound()) * q, sim.makespan)
+    bound = min(max(floor, solver.best_objective_bound) * q, sim.makespan)
     optimal = sim.makespan <= bound + EPS * max(1.0, bound) + 1e-12
     seconds = time.perf_counter() - t0
     log.info("exact %s limit %g: %s, makespan %g, bound %g (%.1f s)", spec.describe(), limit,
@@ -316,14 +316,14 @@ def _hold(model: Any, mine: list[Action], start: dict[Action, Any], dur: dict[Ac
                 continue
             end_pass = Action(a.stage, until, a.mb)
             end = start[end_pass] + dur[end_pass]
-            size = model.NewIntVar(0, 2**40, f"held{a}{until.value}")
-            model.Add(size == end - start[a])
-            intervals.append(model.NewIntervalVar(start[a], size, end, f"h{a}{until.value}"))
+            size = model.new_int_var(0, 2**40, f"held{a}{until.value}")
+            model.add(size == end - start[a])
+            intervals.append(model.new_interval_var(start[a], size, end, f"h{a}{until.value}"))
             demands.append(demand)
             energy.append(demand * size)
     if intervals:
-        model.AddCumulative(intervals, demands, cap)
-        model.Add(sum(energy) <= cap * makespan)
+        model.add_cumulative(intervals, demands, cap)
+        model.add(sum(energy) <= cap * makespan)
 
 
 def _list_hint(tab: Tables, costs: CostModel, limit: float) -> Schedule | None:

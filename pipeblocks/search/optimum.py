@@ -20,7 +20,7 @@ from typing import Any
 
 from pipeblocks.errors import SpecError
 from pipeblocks.ir.schedule import Schedule
-from pipeblocks.ir.spec import PipelineSpec
+from pipeblocks.ir.spec import PipelineSpec, Placement
 from pipeblocks.search.budget import EPS, Budget
 from pipeblocks.search.engine import Searcher, SearchResult
 from pipeblocks.search.exact import ExactResult, NoScheduleFound, solve_exact
@@ -34,7 +34,7 @@ __all__ = ["ExactSearchResult", "search_exact", "exact_specs"]
 def exact_specs(p: int, m: int, family: str) -> list[PipelineSpec]:
     """The placements the exact solver covers for ``family``: every one the search's
     candidates use (``all`` also has the interleaved loop with two stages per rank)."""
-    v, loop, loop2 = PipelineSpec(p, m, 2, "v"), PipelineSpec(p, m), PipelineSpec(p, m, 2)
+    v, loop, loop2 = PipelineSpec(p, m, 2, Placement.V), PipelineSpec(p, m), PipelineSpec(p, m, 2)
     return {"v": [v], "zb": [loop]}.get(family, [v, loop, loop2])
 
 
