@@ -73,3 +73,15 @@ def test_costs_file_states_its_time_unit(tmp_path: Path,
     code, out, _ = run(capsys, "simulate", "1f1b", "-p", "4", "-m", "8", "--costs", str(path))
     assert code == 0
     assert "costs file (per stage, 4 stages, times in ms)" in out.splitlines()[0]
+
+
+def test_exact_text_output_and_objective(capsys: pytest.CaptureFixture[str]) -> None:
+    """--exact prints the bound and whether it is proven; it minimizes the makespan only."""
+    pytest.importorskip("ortools", reason="the exact solver needs OR-Tools")
+    code, out, _ = run(capsys, "search", "--exact", "-p", "2", "-m", "4", "--memory", "1",
+                       "--time-limit", "20")
+    assert code == 0 and "lower bound     12.5  (proven optimal)" in out
+    assert "# costs: --cost (per rank) f=1,b=1,w=1,comm=0" in out
+    code, _, err = run(capsys, "search", "--exact", "-p", "2", "-m", "4", "--memory", "1",
+                       "--objective", "bubble")
+    assert code == 2 and "--exact minimizes the makespan" in err
