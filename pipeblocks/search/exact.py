@@ -137,7 +137,29 @@ def quantum_of(values: list[float]) -> float:
 
 def _ticks(x: float, q: float) -> int:
     """``x`` in quanta, rounded down (a hair of float error is not a quantum)."""
-    return int(math.floor(x / q + 1e-9))
+    y = x / q
+    k = round(y)
+    return int(k) if abs(y - k) <= 1e-9 * max(1.0, abs(y)) else int(math.floor(y))
+
+
+@dataclass(frozen=True, slots=True)
+class _Ticked:
+    """``costs`` with every time in whole quanta, rounded down: the solver's view. Sums of
+    whole numbers are exact in floats, so the hint timed with it fits the model exactly."""
+
+    costs: CostModel
+    q: float
+
+    def pass_time(self, spec: PipelineSpec, stage: int, kind: Pass) -> float:
+        if kind is Pass.BW:
+            return float(self.pass_time(spec, stage, Pass.B) + self.pass_time(spec, stage, Pass.W))
+        return float(_ticks(self.costs.pass_time(spec, stage, kind), self.q))
+
+    def comm_time(self, spec: PipelineSpec, src_rank: int, dst_rank: int, stage: int) -> float:
+        return float(_ticks(self.costs.comm_time(spec, src_rank, dst_rank, stage), self.q))
+
+    def memory(self, spec: PipelineSpec, stage: int) -> tuple[float, float]:
+        return self.costs.memory(spec, stage)
 
 
 def _memory_scale(values: list[float]) -> tuple[int, bool]:
@@ -156,25 +178,27 @@ def _passes(spec: PipelineSpec) -> list[Action]:
     return [Action(s, k, j) for s in range(spec.num_stages) for k in _KINDS for j in range(m)]
 
 
-def _hint_starts(hint: Schedule, costs: CostModel) -> tuple[dict[Action, float], float]:
-    """Start time of every F, B, W of ``hint`` (a BW split into its B and its W), microbatches
-    renumbered in the order they enter stage 0; and its makespan."""
-    sim = simulate(hint, costs)
-    tab = tables(hint.spec, costs)
+def _hint_starts(hint: Schedule, costs: CostModel, q: float) -> tuple[dict[Action, int], int]:
+    """Start of every F, B, W of ``hint`` in quanta, timed with the rounded-down times (a BW
+    split into its B and its W), microbatches renumbered in the order they enter stage 0; and
+    its makespan in quanta."""
+    ticked = _Ticked(costs, q)
+    sim = simulate(hint, ticked)
+    tab = tables(hint.spec, ticked)
     order = sorted(((t, a.mb) for r, prog in enumerate(hint.programs)
                     for a, t in zip(prog, sim.starts[r], strict=True)
                     if a.kind is Pass.F and a.stage == 0))
     new = {mb: i for i, (_, mb) in enumerate(order)}
-    out: dict[Action, float] = {}
+    out: dict[Action, int] = {}
     for r, prog in enumerate(hint.programs):
         for a, t in zip(prog, sim.starts[r], strict=True):
             j = new[a.mb]
             if a.kind is Pass.BW:
-                out[Action(a.stage, Pass.B, j)] = t
-                out[Action(a.stage, Pass.W, j)] = t + tab.b[a.stage]
+                out[Action(a.stage, Pass.B, j)] = round(t)
+                out[Action(a.stage, Pass.W, j)] = round(t + tab.b[a.stage])
             else:
-                out[Action(a.stage, a.kind, j)] = t
-    return out, sim.makespan
+                out[Action(a.stage, a.kind, j)] = round(t)
+    return out, round(sim.makespan)
 
 
 def _earliest(tab: Tables, dur: dict[Action, int], comm_a: list[int], comm_g: list[int],
@@ -226,8 +250,9 @@ def solve_exact(spec: PipelineSpec, costs: CostModel, limit: float, *, time_limi
     comm_g = [_ticks(x, q) for x in tab.comm_grad]
     es = _earliest(tab, dur, comm_a, comm_g, m)
 
-    hint_starts, hint_makespan = _hint_starts(hint, costs) if hint else ({}, None)
-    horizon = (_ticks(hint_makespan, q) if hint_makespan is not None
+    hint_starts, hint_ticks = _hint_starts(hint, costs, q) if hint else ({}, None)
+    hint_makespan = simulate(hint, costs).makespan if hint else None
+    horizon = (hint_ticks if hint_ticks is not None
                else sum(dur.values()) + m * (sum(comm_a) + sum(comm_g)))
 
     model = cp_model.CpModel()
@@ -262,9 +287,9 @@ def solve_exact(spec: PipelineSpec, costs: CostModel, limit: float, *, time_limi
         _hold(model, mine, start, dur, tab, scale, cap, makespan)
     model.minimize(makespan)
     for a, t in hint_starts.items():
-        model.add_hint(start[a], _ticks(t, q))
-    if hint_makespan is not None:
-        model.add_hint(makespan, _ticks(hint_makespan, q))
+        model.add_hint(start[a], t)
+    if hint_ticks is not None:
+        model.add_hint(makespan, hint_ticks)
 
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = float(time_limit)
@@ -289,8 +314,14 @@ def solve_exact(spec: PipelineSpec, costs: CostModel, limit: float, *, time_limi
             f") and had no hint; give a longer --time-limit",
             max(floor, solver.best_objective_bound) * q)
     # CP-SAT's bound holds for the rounded-down times, so for the real ones; never above what
-    # was found (the model asks for no more than the hint)
-    bound = min(max(floor, solver.best_objective_bound) * q, sim.makespan)
+    # was found (the model asks for no more than the hint). With a hint the model is feasible;
+    # should CP-SAT say otherwise, only the floor is trusted.
+    proven = solver.best_objective_bound if code in (cp_model.OPTIMAL, cp_model.FEASIBLE,
+                                                     cp_model.UNKNOWN) else floor
+    if code not in (cp_model.OPTIMAL, cp_model.FEASIBLE, cp_model.UNKNOWN):
+        log.warning("exact %s: CP-SAT says %s although the hint is a schedule", spec.describe(),
+                    status)
+    bound = min(max(floor, proven) * q, sim.makespan)
     optimal = sim.makespan <= bound + EPS * max(1.0, bound) + 1e-12
     seconds = time.perf_counter() - t0
     log.info("exact %s limit %g: %s, makespan %g, bound %g (%.1f s)", spec.describe(), limit,

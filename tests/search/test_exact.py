@@ -112,3 +112,15 @@ def test_search_is_within_one_percent_of_every_proven_optimum(p: int, m: int, pr
     assert proven, [e.summary() for e in r.exact]
     for e in proven:
         assert search((p, m), costs, budget).makespan <= 1.01 * e.makespan, e.summary()
+
+
+def test_a_hint_with_float_noise_stays_a_schedule_of_the_model() -> None:
+    """Times such as 1.5 x 18.522 / 2 add up with float noise; the hint is timed in whole
+    quanta, so the model keeps it (it once called such a case infeasible) and the bound holds."""
+    costs = _table_module().PROFILES["hetero"]
+    spec = PipelineSpec(4, 8, 2, "v")
+    hint = generate("zb-v", 4, 8)
+    limit = Budget.fraction(1.0).limit(tables(spec, costs))
+    r = solve_exact(spec, costs, limit, hint=hint, time_limit=5)
+    assert r.status in ("OPTIMAL", "FEASIBLE") and not r.rounded
+    assert r.bound <= r.makespan <= simulate(hint, costs).makespan
