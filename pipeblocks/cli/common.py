@@ -17,10 +17,11 @@ from typing import Any, NoReturn
 
 from pipeblocks.checks import require
 from pipeblocks.errors import MissingDependencyError, OutputError, SpecError
-from pipeblocks.sim.costs import UniformCosts
+from pipeblocks.sim.costs import StageCosts, UniformCosts
 
-__all__ = ["one_line_errors", "add_spec_args", "add_cost_args", "parse_cost", "emit_json", "die",
-           "positive_int", "finite_float", "require_or_exit", "check_output", "write_output"]
+__all__ = ["one_line_errors", "add_spec_args", "add_cost_args", "parse_cost", "cost_of",
+           "emit_json", "die", "positive_int", "finite_float", "require_or_exit", "check_output",
+           "write_output"]
 
 
 def positive_int(text: str) -> int:
@@ -77,20 +78,30 @@ def add_spec_args(
 
 
 def add_cost_args(parser: argparse.ArgumentParser) -> None:
-    """--cost f=..,b=..,w=..,comm=.."""
-    parser.add_argument(
+    """--cost f=..,b=..,w=..,comm=.. (per rank) or --stage-cost (the same keys, per stage)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
         "--cost", default=None, metavar="f=F,b=B,w=W,comm=C",
-        help="uniform per-rank times of one microbatch's F, B, W and one transfer "
-        "(default f=1,b=1,w=1,comm=0)",
+        help="uniform PER-RANK times of one microbatch's F, B, W and one transfer; a rank "
+        "holding v stages takes 1/v of each per stage (default f=1,b=1,w=1,comm=0)",
+    )
+    group.add_argument(
+        "--stage-cost", default=None, metavar="f=F,b=B,w=W,comm=C",
+        help="uniform PER-STAGE (model chunk) times, as profiles and papers give them, of a "
+        "model cut into v stages per rank (key v=, default 2): never divided by v "
+        "(--stage-cost f=1.5 is --cost f=3 at v=2); schedules with another v are left out",
     )
 
 
-def parse_cost(text: str | None) -> UniformCosts:
-    """``f=3,b=4,w=2,comm=0.5`` -> UniformCosts; unknown keys and bad numbers are SpecErrors."""
+def parse_cost(text: str | None, *, per_stage: bool = False) -> UniformCosts | StageCosts:
+    """``f=3,b=4,w=2,comm=0.5`` -> UniformCosts (per rank), or StageCosts with ``per_stage``;
+    unknown keys and bad numbers are SpecErrors."""
+    flag = "--stage-cost" if per_stage else "--cost"
+    cls = StageCosts if per_stage else UniformCosts
     if not text:
-        return UniformCosts()
-    fields: dict[str, float] = {}
-    allowed = ("f", "b", "w", "comm", "mem_f", "mem_w")
+        return cls()
+    fields: dict[str, float | int] = {}
+    allowed = ("f", "b", "w", "comm", "mem_f", "mem_w", *(("v",) if per_stage else ()))
     for part in text.split(","):
         if not part.strip():
             continue
@@ -98,14 +109,26 @@ def parse_cost(text: str | None) -> UniformCosts:
         k = k.strip()
         if not sep or k not in allowed:
             raise SpecError(
-                f"--cost item {part!r} is not KEY=NUMBER with KEY in {', '.join(allowed)}; "
-                f"write e.g. --cost f=1,b=2,w=1,comm=0.1"
+                f"{flag} item {part!r} is not KEY=NUMBER with KEY in {', '.join(allowed)}; "
+                f"write e.g. {flag} f=1,b=2,w=1,comm=0.1"
             )
         try:
             fields[k] = float(v)
         except ValueError:
-            raise SpecError(f"--cost {k}={v!r} is not a number") from None
-    return UniformCosts(**fields)  # type: ignore[arg-type]
+            raise SpecError(f"{flag} {k}={v!r} is not a number") from None
+    if "v" in fields:
+        v = fields.pop("v")
+        if v != int(v):
+            raise SpecError(f"{flag} v={v:g} is not a whole number of stages per rank")
+        fields["stages_per_rank"] = int(v)
+    return cls(**fields)  # type: ignore[arg-type]
+
+
+def cost_of(args: argparse.Namespace) -> UniformCosts | StageCosts:
+    """The uniform costs --cost or --stage-cost give (per-rank unit costs when neither)."""
+    if getattr(args, "stage_cost", None):
+        return parse_cost(args.stage_cost, per_stage=True)
+    return parse_cost(args.cost)
 
 
 def check_output(path: str, flag: str = "-o") -> Path:

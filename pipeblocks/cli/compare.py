@@ -24,6 +24,7 @@ from pipeblocks.generators import generators
 from pipeblocks.ir import validate
 from pipeblocks.ir.lowering import transfers
 from pipeblocks.sim import CostModel, UniformCosts, simulate
+from pipeblocks.sim.costs import describe_costs
 from pipeblocks.sim.formulas import bubble_rate_formula
 
 __all__ = ["register", "run", "compare"]
@@ -95,11 +96,12 @@ def run(args: argparse.Namespace) -> int:
     costs = build_costs(args)
     rows, skipped = compare(args.p, args.m, costs)
     if args.json:
-        emit_json({"num_ranks": args.p, "num_microbatches": args.m, "schedules": rows,
+        emit_json({"num_ranks": args.p, "num_microbatches": args.m,
+                   "costs": describe_costs(costs), "schedules": rows,
                    "not_applicable": skipped})
         return 0
-    print(f"# p={args.p} m={args.m}  bubble: papers' metric (max span vs busy) and global "
-          f"(all ranks 0..makespan); peak: fraction of 1F1B's")
+    print(f"# p={args.p} m={args.m}  costs: {describe_costs(costs)}  bubble: papers' metric "
+          f"(max span vs busy) and global (all ranks 0..makespan); peak: fraction of 1F1B's")
     head = (f"{'schedule':<18} {'v':>2} {'formula':>8} {'bubble':>8} {'global':>8} "
             f"{'peak':>6} {'makespan':>10} {'p2p':>7}")
     print(head)

@@ -19,7 +19,7 @@ from pipeblocks.cli.common import (
     add_cost_args,
     add_spec_args,
     check_output,
-    parse_cost,
+    cost_of,
     write_output,
 )
 from pipeblocks.errors import PipeblocksError, SpecError
@@ -51,10 +51,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.cost is not None and args.format != "chrome-trace":
-        raise SpecError(f"--cost only applies to --format chrome-trace (got --format "
-                        f"{args.format}); drop --cost")
-    costs = parse_cost(args.cost)  # checked before generating: a bad --cost fails fast
+    flag = "--cost" if args.cost is not None else "--stage-cost"
+    if (args.cost is not None or args.stage_cost is not None) and args.format != "chrome-trace":
+        raise SpecError(f"{flag} only applies to --format chrome-trace (got --format "
+                        f"{args.format}); drop {flag}")
+    costs = cost_of(args)  # checked before generating: a bad --cost fails fast
     if args.output is not None:
         check_output(args.output)
     schedule = generate(args.name, args.p, args.m, args.v)

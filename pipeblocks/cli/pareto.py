@@ -20,6 +20,7 @@ from pipeblocks.cli.common import check_output, emit_json, finite_float
 from pipeblocks.cli.search import add_search_args, bar_for
 from pipeblocks.cli.simulate import build_costs
 from pipeblocks.search.pareto import pareto
+from pipeblocks.sim.costs import describe_costs
 
 __all__ = ["register", "run"]
 
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         plot_pareto([*front.candidates, *best], named, args.output,
                     title=f"p={args.p} m={args.m}: best bubble per memory budget")
     if args.json:
-        out = front.summary()
+        out = {"costs": describe_costs(costs), **front.summary()}
         out["seconds"] = round(seconds, 3)
         if args.output:
             out["output"] = args.output
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"# pareto p={args.p} m={args.m} family={args.family}: memory = budget (search "
           f"rows) or own peak (* named), as a fraction of 1F1B's peak; bubble: papers' metric")
+    print(f"# costs: {describe_costs(costs)}")
     head = f"{'memory':>8} {'peak':>7} {'bubble':>8} {'makespan':>10}  schedule"
     print(head)
     print("-" * (len(head) + 30))

@@ -6,7 +6,8 @@
     $ pipeblocks simulate 1f1b -p 8 -m 32 --model layers=32,hidden=4096,heads=32,seq=4096 \\
           --machine flops=4e14,bandwidth=5e10,latency=1e-5
 
-Times come from one source: ``--cost`` (uniform), ``--costs FILE`` (per-stage or transformer
+Times come from one source: ``--cost`` (uniform, per rank), ``--stage-cost`` (uniform, per
+stage), ``--costs FILE`` (per-stage or transformer
 JSON, see docs/simulator.md) or ``--model`` with ``--machine`` (the transformer preset).
 ``--memory-model`` replaces the memory of that source with a preset.
 """
@@ -17,7 +18,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from pipeblocks.cli.common import add_cost_args, emit_json, finite_float, parse_cost
+from pipeblocks.cli.common import add_cost_args, cost_of, emit_json, finite_float
 from pipeblocks.cli.source import add_source_args, schedule_from_args
 from pipeblocks.errors import SpecError
 from pipeblocks.ir import Schedule, validate
@@ -27,6 +28,7 @@ from pipeblocks.sim import (
     TransformerCosts,
     TransformerModel,
     bubble_map,
+    describe_costs,
     load_costs,
     memory_preset,
     simulate,
@@ -95,7 +97,9 @@ def add_costs_args(parser: argparse.ArgumentParser) -> None:
 
 def build_costs(args: argparse.Namespace) -> CostModel:
     """The cost model the options describe; conflicting options are a SpecError."""
-    sources = [flag for flag, value in (("--cost", args.cost), ("--costs", args.costs),
+    sources = [flag for flag, value in (("--cost", args.cost),
+                                        ("--stage-cost", args.stage_cost),
+                                        ("--costs", args.costs),
                                         ("--machine", args.machine)) if value]
     if len(sources) > 1:
         raise SpecError(f"give one source of times, not {' and '.join(sources)}")
@@ -110,7 +114,7 @@ def build_costs(args: argparse.Namespace) -> CostModel:
     elif args.costs:
         costs = load_costs(args.costs)
     else:
-        costs = parse_cost(args.cost)
+        costs = cost_of(args)
     if model is not None and not args.machine and args.memory_model != "transformer":
         raise SpecError("--model without --machine only sets the memory: add --memory-model "
                         "transformer, or --machine flops=... for times too")
@@ -145,10 +149,11 @@ def _schedule(args: argparse.Namespace) -> Schedule:
 
 def run(args: argparse.Namespace) -> int:
     schedule = _schedule(args)
-    sim = simulate(schedule, build_costs(args), validate=False)  # _schedule validated it
+    costs = build_costs(args)
+    sim = simulate(schedule, costs, validate=False)  # _schedule validated it
     bubbles = bubble_map(sim, args.capacity) if args.bubbles else None
     if args.json:
-        out = summary(sim)
+        out = {"costs": describe_costs(costs), **summary(sim)}
         if bubbles is not None:
             out["bubbles"] = [[{"start": b.start, "end": b.end, "held": b.held, "free": b.free,
                                 "kind": b.kind.value} for b in rank] for rank in bubbles]
@@ -156,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     unit = sim.memory_unit
     print(f"# {schedule.name or args.schedule}  {schedule.spec.describe()}  "
-          f"{schedule.num_actions} passes")
+          f"{schedule.num_actions} passes  costs: {describe_costs(costs)}")
     print(f"makespan            {sim.makespan:.6g}")
     print(f"bubble rate         {sim.bubble_rate:.4f}  (papers' metric: max span vs busy)")
     print(f"bubble rate global  {sim.bubble_rate_global:.4f}  (all ranks from 0 to makespan)")

@@ -101,6 +101,7 @@ class Profile:
             "stages": [{"f": s.f, "b": s.b, "w": s.w, "mem_f": float(s.mem_f),
                         "mem_w": float(s.mem_w)} for s in self.stages],
             "comm": self.comm_ms,
+            "time_unit": "ms",
             "memory_unit": "bytes",
         }
 

@@ -75,14 +75,14 @@ class Objective(Enum):
                             f"{', '.join(o.value for o in cls)}") from None
 
 
-_FAMILY_ORDER = {"named": 0, "v": 1, "zb": 2}
+_FAMILY_ORDER = {"named": 0, "v": 1, "zb": 2, "list": 3}
 
 Tick = Callable[[str], None]
 
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """A simulated schedule and how it was made (``family``: "v", "zb" or "named")."""
+    """A simulated schedule and how it was made (``family``: "v", "zb", "list" or "named")."""
 
     family: str
     how: str
@@ -114,7 +114,8 @@ def rank_key(c: Candidate, objective: Objective = Objective.MAKESPAN
             c.how.count("+"), c.how)
 
 
-def _candidate(family: str, how: str, schedule: Schedule, costs: CostModel) -> Candidate:
+def candidate(family: str, how: str, schedule: Schedule, costs: CostModel) -> Candidate:
+    """``schedule`` named for how it was made (``search:HOW``), simulated."""
     name = how if family == "named" else f"search:{how}"
     schedule = schedule.renamed(name)
     return Candidate(family, how, schedule, simulate(schedule, costs, validate=False))
@@ -291,7 +292,7 @@ class VFamily:
                 self._refilled[key] = None
             else:
                 how = f"{b.params.label()}+tail(limit={limit:.6g})"
-                self._refilled[key] = _candidate("v", how, s, self.costs)
+                self._refilled[key] = candidate("v", how, s, self.costs)
         return self._refilled[key]
 
     def _layout_full(self, b: _VBlock) -> Layout:
@@ -302,7 +303,7 @@ class VFamily:
     def _full(self, b: _VBlock) -> Candidate:
         if b.params not in self._built:
             schedule = squeeze(self._layout_full(b), f"search:{b.params.label()}")
-            self._built[b.params] = _candidate("v", b.params.label(), schedule, self.costs)
+            self._built[b.params] = candidate("v", b.params.label(), schedule, self.costs)
         return self._built[b.params]
 
     def _refill(self, b: _VBlock, base: Candidate, limit: float, slack: float) -> Candidate:
@@ -310,7 +311,7 @@ class VFamily:
         if key not in self._refilled:
             s = refill_w(base.schedule, self.costs, limit=limit, slack=slack)
             how = f"{b.params.label()}+w(limit={limit:.6g},slack={slack:g})"
-            self._refilled[key] = _candidate("v", how, s, self.costs)
+            self._refilled[key] = candidate("v", how, s, self.costs)
         made = self._refilled[key]
         assert made is not None  # refill_w always gives a schedule
         return made
@@ -327,7 +328,7 @@ def zb_candidates(spec: PipelineSpec, costs: CostModel, limit: float,
     for warmup, slack in ZB_RULES:
         s = zb_memory_limited(spec, costs, limit, slack=slack, warmup=warmup)
         how = f"zb(limit={limit:.6g},warmup={warmup},slack={slack:g})"
-        out.append(_candidate("zb", how, s, costs))
+        out.append(candidate("zb", how, s, costs))
         if tick:
             tick("zb: memory-limited heuristic")
     return out
@@ -391,5 +392,5 @@ class NamedPool:
     def candidate(self, name: str) -> Candidate:
         """The simulated named schedule ``name``."""
         if name not in self._sims:
-            self._sims[name] = _candidate("named", name, self._made(name)[0], self.costs)
+            self._sims[name] = candidate("named", name, self._made(name)[0], self.costs)
         return self._sims[name]

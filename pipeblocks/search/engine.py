@@ -44,6 +44,7 @@ from pipeblocks.search.candidates import (
     score,
     zb_candidates,
 )
+from pipeblocks.search.listsched import LIST_MAX_PASSES, LIST_RULES, list_candidates
 from pipeblocks.search.zb import zb_smallest_limit
 from pipeblocks.sim.costs import UNIT, CostModel, memory_unit
 from pipeblocks.sim.engine import Simulation
@@ -140,6 +141,9 @@ class Searcher:
                                "v", family in ("v", "all"))
         self.loop_tab = self._tab(PipelineSpec(num_ranks, num_microbatches), "zb",
                                   family in ("zb", "all"))
+        # the interleaved placement (loop, 2 stages per rank): list-scheduled in family all
+        self.loop2_tab = self._tab(PipelineSpec(num_ranks, num_microbatches, 2), "interleaved",
+                                   family == "all")
         self.v = VFamily(self.v_tab, self.costs, screen=screen,
                          objective=self.objective) if self.v_tab else None
         placements = {"v": [Placement.V], "zb": [Placement.LOOP],
@@ -152,6 +156,7 @@ class Searcher:
                                       if e.tab.spec.stages_per_rank == 1]
             self.skipped.update(self.named.skipped)
         self._zb: dict[float, list[Candidate]] = {}
+        self._listed: dict[tuple[str, int, float], list[Candidate]] = {}
         self.evaluated: dict[str, Candidate] = {}  # schedule name -> candidate
 
     def _tab(self, spec: PipelineSpec, name: str, wanted: bool) -> Tables | None:
@@ -243,6 +248,13 @@ class Searcher:
                 if key not in self._zb:
                     self._zb[key] = zb_candidates(self.loop_tab.spec, self.costs, limit, tick)
                 found += self._zb[key]
+        for tab in (self.v_tab, self.loop_tab, self.loop2_tab):
+            if tab is not None and 3 * tab.spec.num_stages * self.m <= LIST_MAX_PASSES:
+                lkey = (tab.spec.placement.value, tab.spec.stages_per_rank,
+                       float(f"{budget.limit(tab):.12g}"))
+                if lkey not in self._listed:
+                    self._listed[lkey] = list_candidates(tab, self.costs, lkey[2], tick)
+                found += self._listed[lkey]
         for c in found:
             self.evaluated.setdefault(c.schedule.name, c)
         # whatever an earlier budget simulated and fits this one is a candidate too, so a
@@ -257,6 +269,8 @@ class Searcher:
         tab = self.v_tab if spec.placement is Placement.V else None
         if spec.placement is Placement.LOOP and spec.stages_per_rank == 1:
             tab = self.loop_tab
+        if spec.placement is Placement.LOOP and spec.stages_per_rank == 2:
+            tab = self.loop2_tab
         return tab if tab is not None else tables(spec, self.costs)
 
     def _steps(self, budget: Budget) -> int:
@@ -267,6 +281,8 @@ class Searcher:
             n += self.v.steps(budget.limit(self.v_tab))
         if self.loop_tab:
             n += len(ZB_RULES)
+        n += sum(len(LIST_RULES) for t in (self.v_tab, self.loop_tab, self.loop2_tab)
+                 if t is not None and 3 * t.spec.num_stages * self.m <= LIST_MAX_PASSES)
         return max(n, 1)
 
     def best(self, budget: float | Budget, progress: Progress | None = None) -> SearchResult:

@@ -11,7 +11,15 @@ Modules: :mod:`~pipeblocks.sim.costs` (the protocol, uniform costs), :mod:`~.cos
 (closed forms), :mod:`~.deadlock` (blocking-send check of lowered programs).
 """
 
-from pipeblocks.sim.costs import UNIT, CostModel, UniformCosts, memory_unit, one_f_one_b_peak
+from pipeblocks.sim.costs import (
+    UNIT,
+    CostModel,
+    StageCosts,
+    UniformCosts,
+    describe_costs,
+    memory_unit,
+    one_f_one_b_peak,
+)
 from pipeblocks.sim.costs_file import PerStageCosts, load_costs, parse_costs
 from pipeblocks.sim.deadlock import check as check_deadlock
 from pipeblocks.sim.engine import Simulation, Span, simulate
@@ -29,6 +37,8 @@ from pipeblocks.sim.transformer import Machine, TransformerCosts, TransformerMod
 __all__ = [
     "CostModel",
     "UniformCosts",
+    "StageCosts",
+    "describe_costs",
     "UNIT",
     "memory_unit",
     "one_f_one_b_peak",

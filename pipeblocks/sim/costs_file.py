@@ -1,8 +1,9 @@
 """Costs files: per-stage times and memory, or the transformer preset, as JSON.
 
-Per-stage form (times in any one unit; memory in ``memory_unit``)::
+Per-stage form (times in ``time_unit``, memory in ``memory_unit``)::
 
     {
+      "time_unit": "ms",                               # required in a file: what times count
       "stages": [                                      # one entry per global stage, in order
         {"f": 1.0, "b": 1.1, "w": 0.9, "mem_f": 1.0, "mem_w": 0.5},
         {"f": 1.2, "b": 1.3, "w": 1.0}                  # mem_f defaults to 1, mem_w to mem_f
@@ -13,7 +14,10 @@ Per-stage form (times in any one unit; memory in ``memory_unit``)::
     }
 
 An entry may name its stage (``"stage": 3``); then entries may come in any order, and a gap is
-reported as a missing stage. The pass times are those of the whole stage (no division by v).
+reported as a missing stage. The pass times are those of one stage (a model chunk), never
+divided by v: a rank holding v stages does v of them (``--stage-cost`` on the command line is
+the same form with one entry for every stage; ``--cost`` gives per-rank times instead). A file
+must say ``time_unit`` so that nobody reads its numbers in another unit.
 
 Transformer form: ``{"transformer": {"model": {...}, "machine": {...}}}`` with the fields of
 :class:`~pipeblocks.sim.transformer.TransformerModel` and
@@ -51,7 +55,7 @@ from pipeblocks.sim.transformer import Machine, TransformerCosts, TransformerMod
 __all__ = ["PerStageCosts", "load_costs", "parse_costs"]
 
 _STAGE_KEYS = ("stage", "f", "b", "w", "mem_f", "mem_w")
-_TOP_KEYS = ("stages", "comm", "links", "memory_unit", "transformer")
+_TOP_KEYS = ("stages", "comm", "links", "memory_unit", "time_unit", "transformer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,11 @@ class PerStageCosts:
     comm: float = 0.0
     links: tuple[tuple[float, ...], ...] | None = None
     memory_unit: str = "stage-activations"
+    time_unit: str = "unstated"
+
+    def describe(self) -> str:
+        """For output headers: how many stages, per stage, in which unit."""
+        return f"costs file (per stage, {len(self.f)} stages, times in {self.time_unit})"
 
     def check(self, spec: PipelineSpec) -> None:
         """Raise :class:`SpecError` naming the field when these costs do not fit ``spec``."""
@@ -194,8 +203,9 @@ def _links(path: str, raw: Any) -> tuple[tuple[float, ...], ...]:
     )
 
 
-def parse_costs(obj: Any, path: str = "") -> CostModel:
-    """A cost model from a decoded costs-file object (see the module docs for the schema)."""
+def parse_costs(obj: Any, path: str = "", *, require_unit: bool = False) -> CostModel:
+    """A cost model from a decoded costs-file object (see the module docs for the schema);
+    ``require_unit``: the per-stage form must state ``time_unit`` (a file must)."""
     obj = _object(path, "", obj, _TOP_KEYS)
     if "transformer" in obj:
         if "stages" in obj:
@@ -220,6 +230,13 @@ def parse_costs(obj: Any, path: str = "") -> CostModel:
     unit = obj.get("memory_unit", "stage-activations")
     if not isinstance(unit, str):
         raise _fail(path, f"field 'memory_unit' must be a string (got {unit!r})")
+    if require_unit and "time_unit" not in obj:
+        raise _fail(path, "field 'time_unit' is missing; say what the stage times count, e.g. "
+                    "\"time_unit\": \"ms\" (times are per stage, never divided by v)")
+    time_unit = obj.get("time_unit", "unstated")
+    if not isinstance(time_unit, str) or not time_unit.strip():
+        raise _fail(path, f"field 'time_unit' must be a non-empty string such as \"ms\" (got "
+                    f"{time_unit!r})")
     return PerStageCosts(
         f=tuple(r["f"] for r in rows),
         b=tuple(r["b"] for r in rows),
@@ -229,6 +246,7 @@ def parse_costs(obj: Any, path: str = "") -> CostModel:
         comm=_number(path, "comm", obj.get("comm", 0.0)),
         links=_links(path, obj["links"]) if "links" in obj else None,
         memory_unit=unit,
+        time_unit=time_unit,
     )
 
 
@@ -248,4 +266,4 @@ def load_costs(path: str | Path) -> CostModel:
     except ValueError:  # an integer of more than 4300 digits (Python's conversion limit)
         raise FormatError("not a costs file: an integer of more than 4300 digits; write times "
                           "and sizes as ordinary numbers", path=name) from None
-    return parse_costs(obj, name)
+    return parse_costs(obj, name, require_unit=True)

@@ -178,6 +178,10 @@ class TransformerCosts:
     def memory_unit(self) -> str:
         return "bytes"
 
+    def describe(self) -> str:
+        """For output headers: times per stage, in seconds."""
+        return "transformer preset (per stage, seconds)"
+
     def pass_time(self, spec: PipelineSpec, stage: int, kind: Pass) -> float:
         n = layers_of(self.model.layers, spec.num_stages, stage)
         f, b, w = (n * x for x in self.model.layer_flops())

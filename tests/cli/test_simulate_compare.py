@@ -40,7 +40,7 @@ def test_simulate_text_and_bubbles(capsys: pytest.CaptureFixture[str]) -> None:
 def test_simulate_costs_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--costs FILE uses per-stage times and memory; --memory-model unit replaces the memory."""
     path = tmp_path / "c.json"
-    path.write_text(json.dumps({"stages": [{"f": 1, "b": 2, "w": 1, "mem_f": 3},
+    path.write_text(json.dumps({"time_unit": "ms", "stages": [{"f": 1, "b": 2, "w": 1, "mem_f": 3},
                                            {"f": 1, "b": 2, "w": 1}]}))
     code, out, _ = run(capsys, "simulate", "1f1b", "-p", "2", "-m", "4", "--costs", str(path),
                        "--json")
@@ -73,7 +73,7 @@ def test_bad_costs_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
                                     content: object, code: int, needle: str) -> None:
     """A missing stage, a negative time or a wrong shape: one stderr line naming the field."""
     path = tmp_path / "costs.json"
-    path.write_text(json.dumps(content))
+    path.write_text(json.dumps({"time_unit": "ms", **content}))  # type: ignore[dict-item]
     got, out, err = run(capsys, "simulate", "1f1b", "-p", "4", "-m", "8", "--costs", str(path))
     assert got == code and out == ""
     assert len(err.strip().splitlines()) == 1 and needle in err
@@ -147,7 +147,7 @@ def test_compare_with_a_per_stage_costs_file(tmp_path: Path,
     file that fits no generator is one line, exit 2."""
     def costs(n: int) -> str:
         path = tmp_path / f"c{n}.json"
-        path.write_text(json.dumps({"stages": [{"f": 1, "b": 2, "w": 1}] * (n - 1)
+        path.write_text(json.dumps({"time_unit": "ms", "stages": [{"f": 1, "b": 2, "w": 1}] * (n - 1)
                                    + [{"f": 3, "b": 4, "w": 2}], "comm": 0.25}))
         return str(path)
 

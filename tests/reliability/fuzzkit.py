@@ -266,7 +266,7 @@ def _costs_doc(rng: random.Random, num_stages: int, num_ranks: int) -> dict[str,
             "machine": {"flops": 1e12, "bandwidth": 1e10, "latency": 1e-5}}}
     doc: dict[str, Any] = {"stages": [
         {"f": 1.0 + s / 10, "b": 1.5, "w": 1.0, "mem_f": 1.0, "mem_w": 0.5}
-        for s in range(num_stages)], "comm": 0.1}
+        for s in range(num_stages)], "comm": 0.1, "time_unit": "ms"}
     if rng.random() < 0.5:
         doc["links"] = [[0.0 if i == j else 0.1 for j in range(num_ranks)]
                         for i in range(num_ranks)]
@@ -432,5 +432,5 @@ def write_fixtures(folder: Path) -> None:
     (folder / "bad.csv").write_text("0F0,0X1\n")
     (folder / "bad.json").write_text('{"format": "pipeblocks-schedule", "version": 1}')
     stages = [{"f": 1, "b": 1, "w": 1}] * 2
-    (folder / "costs.json").write_text(json.dumps({"stages": stages}))
+    (folder / "costs.json").write_text(json.dumps({"stages": stages, "time_unit": "ms"}))
     (folder / "bad-costs.json").write_text('{"stages": [{"f": NaN}]}')

@@ -177,7 +177,8 @@ CASES = [
       '{c:{"stages": [{"f": NaN, "b": 1, "w": 1}]}}'], 1, "'stages[0].f' must be a finite"),
     (["simulate", "1f1b", "-p", "2", "-m", "2", "--costs", "{c:}"], 1, "not valid JSON"),
     (["simulate", "1f1b", "-p", "2", "-m", "2", "--costs",
-      '{c:{"stages": [{"f": 1, "b": 1, "w": 1}]}}'], 2, "has 1 entries but the schedule has 2"),
+      '{c:{"stages": [{"f": 1, "b": 1, "w": 1}], "time_unit": "ms"}}'], 2,
+     "has 1 entries but the schedule has 2"),
     (["simulate", "1f1b", "-p", "2", "-m", "2", "--costs",
       '{c:{"transformer": {"model": {"layers": ' + "9" * 40 + ', "hidden": 8, "heads": 2, '
       '"seq_len": 8}, "machine": {"flops": 1}}}}'], 1, "integer in 1..2**53"),
