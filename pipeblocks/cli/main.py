@@ -20,7 +20,7 @@ from pipeblocks.errors import FormatError, PipeblocksError, ScheduleError, SpecE
 
 __all__ = ["main", "build_parser"]
 
-_ORDER = ("list", "show", "export", "validate", "simulate", "compare", "search", "pareto",
+_ORDER = ("list", "show", "export", "validate", "simulate", "compare", "search", "pareto", "plan",
           "draw", "train", "profile")
 
 

@@ -6,8 +6,8 @@ For one plan (docs/planner.md has the formulas and their sources):
 - a layer's F, B, W take their FLOPs / t / (peak FLOP/s x efficiency), plus, with t > 1, two
   all-reduce-sized collectives in F and two in B (sequence parallelism's all-gather and
   reduce-scatter around attention and the MLP); full recompute adds F to B;
-- the stage split balances the head's time (:mod:`~pipeblocks.plan.partition`); the step is
-  the simulator's makespan (:mod:`~pipeblocks.plan.pipeline`) plus the data-parallel gradient
+- the stage split balances the head's time (:mod:`~pipeblocks.planner.partition`); the step is
+  the simulator's makespan (:mod:`~pipeblocks.planner.pipeline`) plus the data-parallel gradient
   collectives, which are not overlapped (a pessimistic bound);
 - memory per GPU, per pipeline rank: weights (2 bytes a parameter), gradients (4, fp32
   accumulation) and Adam states (12: fp32 master, m, v), sharded over dp by ``zero1``
@@ -15,8 +15,8 @@ For one plan (docs/planner.md has the formulas and their sources):
   from the simulator; one layer's full activations with recompute (the layer being
   recomputed); four transfer buffers; the cluster's reserved bytes. The largest rank decides.
 
-    >>> from pipeblocks.plan.model import parse_model
-    >>> from pipeblocks.plan.cluster import Cluster
+    >>> from pipeblocks.planner.model import parse_model
+    >>> from pipeblocks.planner.cluster import Cluster
     >>> gpt = parse_model("layers=24,hidden=2048,heads=16,seq=2048,vocab=50304")
     >>> plans = evaluate(gpt, Cluster(gpus=8), global_batch=64, space=Space(tp=(1,), pp=(4,)))
     >>> best = plans[0]
@@ -32,10 +32,10 @@ from dataclasses import asdict, dataclass
 
 from pipeblocks.errors import SpecError
 from pipeblocks.generators import get
-from pipeblocks.plan.cluster import Cluster
-from pipeblocks.plan.model import ModelSpec
-from pipeblocks.plan.partition import partition, stage_ranks
-from pipeblocks.plan.pipeline import PipelineCache, StageCosts, round2
+from pipeblocks.planner.cluster import Cluster
+from pipeblocks.planner.model import ModelSpec
+from pipeblocks.planner.partition import partition, stage_ranks
+from pipeblocks.planner.pipeline import PipelineCache, StageCosts, round2
 
 __all__ = ["Plan", "Space", "evaluate", "PLAN_SCHEDULES", "SHARDINGS", "Progress"]
 

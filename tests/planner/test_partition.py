@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from pipeblocks.errors import SpecError
-from pipeblocks.plan.partition import objective, partition, stage_ranks
+from pipeblocks.planner.partition import objective, partition, stage_ranks
 
 
 def _compositions(total: int, parts: int):
