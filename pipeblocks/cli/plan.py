@@ -13,7 +13,7 @@ from typing import Any
 
 from pipeblocks.cli.common import emit_json, finite_float, positive_int
 from pipeblocks.planner import PLAN_SCHEDULES, SHARDINGS, Cluster, Space, parse_bytes, plan
-from pipeblocks.planner.cluster import DEFAULT_INTER, DEFAULT_INTRA
+from pipeblocks.planner.cluster import DEFAULT_INTER, DEFAULT_INTRA, HALF_WORK, PEAK_EFFICIENCY
 from pipeblocks.planner.report import document, export, table
 from pipeblocks.sim.collectives import Link
 
@@ -54,10 +54,12 @@ def register(sub: Any) -> None:
                           default=d.bandwidth, help=f"{where} (default {d.bandwidth:g})")
         link.add_argument(f"--{name}-latency", type=finite_float(0), default=d.latency,
                           help=f"{where} (default {d.latency:g})")
-    p.add_argument("--peak-efficiency", type=finite_float(0, strict=True), default=0.62,
-                   help="efficiency curve: the fraction of peak large layers reach (0.62)")
-    p.add_argument("--half-work", type=finite_float(0, strict=True), default=2e10,
-                   help="efficiency curve: FLOPs of the product at half that (2e10)")
+    p.add_argument("--peak-efficiency", type=finite_float(0, strict=True),
+                   default=PEAK_EFFICIENCY, help="efficiency curve: the fraction of peak "
+                   f"FLOP/s large layers reach (default {PEAK_EFFICIENCY})")
+    p.add_argument("--half-work", type=finite_float(0, strict=True), default=HALF_WORK,
+                   help="efficiency curve: FLOPs of the largest product at which a layer "
+                   f"reaches half that (default {HALF_WORK:g})")
     p.add_argument("--reserved", type=parse_bytes, default=2e9, metavar="SIZE",
                    help="memory per GPU left free for context and buffers (default 2GB)")
     space = p.add_argument_group("the space (default: everything valid)")

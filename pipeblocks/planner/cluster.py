@@ -7,17 +7,18 @@ transformer layer achieves as a saturating curve of the work of its largest prod
 
     efficiency(x) = peak_efficiency * x / (x + half_work)
 
-``peak_efficiency`` = 0.62 and ``half_work`` = 2e10 FLOPs by default: fitted by eye to
-Megatron-LM's published per-GPU throughputs on A100s (Korthikanti et al. 2022, Table 3;
-docs/planner.md has the comparison). Pass your own from a profile when you have one.
+``peak_efficiency`` = 0.74 and ``half_work`` = 3e10 FLOPs by default: the pair on a coarse grid
+that best fits the MFU Megatron-LM published for its 22B..1T GPT models on A100s (Korthikanti
+et al. 2022; `benchmarks/bench_planner.py`, docs/planner.md has the comparison and a held-out
+check). Pass your own, from a profile of your GPUs, when you have them.
 
 Default links are achieved (not nominal) figures for an 8-GPU A100/H100 node: 200 GB/s and
 5 us inside a node (NVLink/NVSwitch bus bandwidth), 20 GB/s and 10 us across nodes (one
 200 Gb/s NIC per GPU).
 
     >>> c = Cluster(gpus=16, gpus_per_node=8, gpu_memory=parse_bytes("80GB"), flops=312e12)
-    >>> round(c.efficiency(2e10), 2), round(c.efficiency(1e13), 2)
-    (0.31, 0.62)
+    >>> round(c.efficiency(3e10), 2), round(c.efficiency(1e13), 2)
+    (0.37, 0.74)
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ from dataclasses import dataclass, field
 from pipeblocks.errors import SpecError
 from pipeblocks.sim.collectives import Link, Network
 
-__all__ = ["Cluster", "parse_bytes", "DEFAULT_INTRA", "DEFAULT_INTER"]
+__all__ = ["Cluster", "parse_bytes", "DEFAULT_INTRA", "DEFAULT_INTER", "PEAK_EFFICIENCY",
+           "HALF_WORK"]
+
+PEAK_EFFICIENCY = 0.74
+HALF_WORK = 3e10
 
 DEFAULT_INTRA = Link(200e9, 5e-6)
 DEFAULT_INTER = Link(20e9, 10e-6)
@@ -68,8 +73,8 @@ class Cluster:
     flops: float = 312e12
     intra: Link = DEFAULT_INTRA
     inter: Link = DEFAULT_INTER
-    peak_efficiency: float = 0.62
-    half_work: float = 2e10
+    peak_efficiency: float = PEAK_EFFICIENCY
+    half_work: float = HALF_WORK
     reserved: float = 2e9
     network: Network = field(init=False, repr=False, compare=False)
 
