@@ -1,7 +1,8 @@
 """The planner's picture: MFU against memory per GPU, one marker per schedule family.
 
 ``points`` maps a schedule name to its plans as ``(memory_gb, mfu, fits)`` triples; plans that
-do not fit are drawn hollow, and a dashed line marks the GPU's memory.
+do not fit are drawn hollow, a dashed line marks the GPU's memory, and the axis stops at 1.5
+times it.
 
     >>> fig = plans_figure({"1f1b": [(40.0, 0.4, True)], "v-half": [(90.0, 0.5, False)]}, 80.0)
     >>> [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
@@ -40,6 +41,7 @@ def plans_figure(
         ax.scatter([p[0] for p in over], [p[1] for p in over], marker=marker, s=14,
                    facecolors="none", edgecolors=color, alpha=0.4)
     ax.axvline(gpu_memory_gb, color="0.3", linestyle="--", linewidth=1)
+    ax.set_xlim(0, 1.5 * gpu_memory_gb)  # plans far over the memory only crowd the picture
     ax.set_xlabel("memory per GPU (GB)")
     ax.set_ylabel("MFU (%)")
     ax.set_title("plans: filled fit in memory, hollow do not")
