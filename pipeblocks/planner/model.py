@@ -10,14 +10,20 @@ sequence parallelism, so every activation is split t ways):
   the attention scores and their use; B (input gradient) is the same matrices again plus
   ``8sh``; W (weight gradient) is the matrices only. With f = 4h and k = a this is the Zero
   Bubble paper's Table 1: F = sbh(24h + 4s), B = sbh(24h + 8s), W = 24sbh^2;
-- activation bytes F keeps (16-bit activations; Korthikanti et al. 2022, section 4, with the
-  MLP's f and the K/V width generalised): ``sb(7h + 4hk/a + 3h + 4f + 4h) + 5as^2 b``
-  = ``sbh(34 + 5as/h)`` for f = 4h, k = a; W still needs the inputs of the four matrix
-  products after B, ``sb(2h + 2h + 2h + 2f)`` = ``14 sbh`` for f = 4h;
-- with full recomputation a layer keeps only its input, ``2sbh`` bytes;
+- activation bytes F keeps, per token (Korthikanti et al. 2022, section 4, generalised):
+  e = ``2 + 1 + (1 + 2k/a) + 1 + 1 + 2f/h`` activation elements of width h (the two layer-norm
+  inputs, the QKV input, Q, K and V, the attention output, the MLP input, the MLP's hidden
+  activation before and after GeLU) times ``act_bytes``, plus with ``dropout`` one mask byte
+  for each of the two residual dropouts (2h), plus the attention scores: ``flash`` keeps only
+  an fp32 log-sum-exp per head (4a), the plain path keeps the softmax output, and with dropout
+  its mask and output (``(act_bytes + dropout * (1 + act_bytes)) * a * s``). Megatron's
+  defaults (16-bit, dropout, no flash, f = 4h, k = a) give ``sbh(34 + 5as/h)``;
+- W still needs the inputs of the four products after B: ``(3 + f/h) h act_bytes`` per token;
+- with full recomputation a layer keeps only its input, ``h act_bytes`` per token;
 - embedding: ``V h`` parameters (plus ``s h`` positions), no FLOPs worth counting; the output
   layer (untied): ``V h`` parameters, F = B = W = ``2sbhV`` FLOPs, and it keeps the fp32 logits
-  ``4sbV`` bytes until B and its input ``2sbh`` until W.
+  (``4V`` bytes a token) and the inputs of its layer norm and its product until B, those
+  inputs until W.
 
     >>> m = parse_model("layers=24,hidden=2048,heads=16,seq=2048,vocab=50304")
     >>> round(m.params() / 1e9, 3)   # GPT-3 XL with an untied output layer
@@ -34,12 +40,14 @@ from pipeblocks.errors import SpecError
 
 __all__ = ["ModelSpec", "parse_model", "MODEL_KEYS"]
 
-MODEL_KEYS = ("layers", "hidden", "heads", "seq", "vocab", "ffn", "kv_heads")
+MODEL_KEYS = ("layers", "hidden", "heads", "seq", "vocab", "ffn", "kv_heads", "act_bytes",
+              "dropout", "flash")
 
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
-    """A GPT-like model; ``ffn`` 0 means 4 * hidden, ``kv_heads`` 0 means ``heads``."""
+    """A GPT-like model; ``ffn`` 0 means 4 * hidden, ``kv_heads`` 0 means ``heads``;
+    ``act_bytes`` per activation element, ``dropout`` and ``flash`` (attention) 0 or 1."""
 
     layers: int
     hidden: int
@@ -48,15 +56,21 @@ class ModelSpec:
     vocab: int
     ffn: int = 0
     kv_heads: int = 0
+    act_bytes: int = 2
+    dropout: int = 1
+    flash: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
-            low = 0 if f.name in ("ffn", "kv_heads", "vocab") else 1
+            low = 0 if f.name in ("ffn", "kv_heads", "vocab", "dropout", "flash") else 1
             if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= 2**40:
                 raise SpecError(f"model field '{f.name}' must be an integer in {low}..2**40 "
                                 f"(got {v!r}); e.g. --model layers=24,hidden=2048,heads=16,"
                                 f"seq=2048,vocab=50304")
+        if self.dropout > 1 or self.flash > 1:
+            raise SpecError(f"model fields 'dropout' and 'flash' are 0 or 1 (got dropout="
+                            f"{self.dropout}, flash={self.flash})")
         if self.hidden % self.heads:
             raise SpecError(f"model hidden must be a multiple of heads (got hidden="
                             f"{self.hidden}, heads={self.heads}); change one of them")
@@ -99,16 +113,20 @@ class ModelSpec:
 
     def layer_activation(self, tokens: float, *, recompute: bool) -> tuple[float, float]:
         """(mem_f, mem_w) bytes of one layer for ``tokens`` = s * b (before the t split)."""
-        h, f, k = self.hidden, self.f, self.kv_ratio
+        h, f, k, nb = self.hidden, self.f, self.kv_ratio, self.act_bytes
         if recompute:
-            return 2.0 * tokens * h, 2.0 * tokens * h
-        scores = 5.0 * self.heads * self.seq * tokens  # softmax out, dropout mask and out
-        mem_f = tokens * (7 * h + 4 * h * k + 3 * h + 4 * f + 4 * h) + scores
-        return mem_f, tokens * (6 * h + 2 * f)
+            return tokens * h * nb, tokens * h * nb
+        width = (2 + 1 + (1 + 2 * k) + 1 + 1) * h + 2 * f  # elements a token
+        masks = 2 * h if self.dropout else 0  # one byte each, the two residual dropouts
+        if self.flash:
+            scores = 4.0 * self.heads  # fp32 log-sum-exp per head
+        else:
+            scores = (nb + self.dropout * (1 + nb)) * self.heads * self.seq
+        return tokens * (width * nb + masks + scores), tokens * (3 * h + f) * nb
 
     def head_activation(self, tokens: float) -> tuple[float, float]:
-        """(mem_f, mem_w) bytes of the output layer: fp32 logits and its input; its input."""
-        held = 2.0 * tokens * self.hidden
+        """(mem_f, mem_w) bytes of the output layer: fp32 logits and its inputs; its inputs."""
+        held = 2.0 * tokens * self.hidden * self.act_bytes  # final norm's input, product's
         return 4.0 * tokens * self.vocab + held, held
 
     def flops_per_sequence(self) -> float:
