@@ -38,7 +38,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("plan", help="rank parallel layouts, microbatching and schedules",
                        description=__doc__.split("\n\n")[0], epilog="See docs/planner.md.")
     p.add_argument("--model", required=True, metavar="layers=L,hidden=H,heads=A,seq=S,vocab=V",
-                   help="transformer numbers; optional ffn=F (default 4H), kv_heads=K")
+                   help="transformer numbers; optional ffn=F (default 4H), kv_heads=K "
+                   "(default A), act_bytes=N (2), dropout=0|1 (1), flash=0|1 (0)")
     p.add_argument("--gpus", type=positive_int, required=True, help="GPUs in all")
     p.add_argument("--gpus-per-node", type=positive_int, default=8, help="default 8")
     p.add_argument("--gpu-memory", type=parse_bytes, default=80e9, metavar="SIZE",
