@@ -1,5 +1,5 @@
-"""``pipeblocks plan``: rank dp x tp x pp layouts, microbatching, recompute, sharding and
-schedules for a model on a cluster (docs/planner.md).
+"""Rank dp x tp x pp layouts, microbatch sizes, recompute, optimizer sharding and schedules
+for a model on a cluster (``pipeblocks plan``; docs/planner.md).
 
     $ pipeblocks plan --model layers=24,hidden=2048,heads=16,seq=2048,vocab=50304 \\
           --gpus 8 --global-batch 64 --top 5
