@@ -32,12 +32,14 @@ from dataclasses import asdict, dataclass
 
 from pipeblocks.errors import SpecError
 from pipeblocks.generators import get
+from pipeblocks.ir.schedule import Schedule
+from pipeblocks.ir.spec import Placement
 from pipeblocks.planner.cluster import Cluster
 from pipeblocks.planner.model import ModelSpec
 from pipeblocks.planner.partition import partition, stage_ranks
-from pipeblocks.planner.pipeline import PipelineCache, StageCosts, round2
+from pipeblocks.planner.pipeline import PipelineCache, StageCosts, round2, search_budget
 
-__all__ = ["Plan", "Space", "evaluate", "PLAN_SCHEDULES", "SHARDINGS", "Progress"]
+__all__ = ["Plan", "Space", "evaluate", "layout_of", "schedule_of", "PLAN_SCHEDULES", "SHARDINGS", "Progress"]
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,14 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True, slots=True)
 class Space:
-    """What the grid tries; None means every valid value."""
+    """What the grid tries; None means every valid value.
+
+    ``search_budgets``: after the grid, the memory-limited search (``search@B``, V schedules
+    within B times 1F1B's peak) is tried on the ``search_shapes`` fastest distinct layouts
+    that have a plan within 1.25 times the GPU memory (a layout that just misses with a named
+    schedule may fit with a searched one). ``schedules`` may name ``search@B`` too: then
+    every layout tries it.
+    """
 
     schedules: tuple[str, ...] = PLAN_SCHEDULES
     tp: tuple[int, ...] | None = None
@@ -60,10 +69,14 @@ class Space:
     microbatch_sizes: tuple[int, ...] | None = None
     recompute: tuple[bool, ...] = (False, True)
     sharding: tuple[str, ...] = SHARDINGS
+    search_budgets: tuple[float, ...] = (0.6,)
+    search_shapes: int = 4
 
     def __post_init__(self) -> None:
         for name in self.schedules:
-            get(name)
+            layout_of(name)
+        for b in self.search_budgets:
+            search_budget(f"search@{b:g}")
         for s in self.sharding:
             if s not in SHARDINGS:
                 raise SpecError(f"unknown sharding {s!r}; use one of {', '.join(SHARDINGS)}")
@@ -93,6 +106,14 @@ class Plan:
         d = asdict(self)
         d["layers_per_stage"] = list(self.layers_per_stage)
         return d
+
+
+def layout_of(name: str) -> tuple[int, Placement]:
+    """Stages per rank and placement of a schedule name (``search@B``: V, two per rank)."""
+    if search_budget(name) is not None:
+        return 2, Placement.V
+    gen = get(name)
+    return gen.stages_per_rank, gen.placement
 
 
 def _divisors(n: int) -> list[int]:
@@ -137,8 +158,7 @@ class _Evaluator:
         """Per-stage costs in layer units, the layer unit in seconds, the layers per stage."""
         f, b, w, head, comm = self.layer_times(sh)
         unit = f + b + w
-        gen = get(name)
-        v, place = gen.stages_per_rank, gen.placement
+        v, place = layout_of(name)
         num_stages = sh.pp * v
         h = round2(head / unit)
         counts = partition(self.model.layers, sh.pp, stages_per_rank=v, placement=place,
@@ -160,8 +180,7 @@ class _Evaluator:
         return costs, unit, counts
 
     def plans(self, name: str, sh: _Shape, shardings: tuple[str, ...]) -> list[Plan]:
-        gen = get(name)
-        if self.model.layers < sh.pp * gen.stages_per_rank:
+        if self.model.layers < sh.pp * layout_of(name)[0]:
             return []
         costs, unit, counts = self.stage_costs(name, sh)
         run = self.cache.run(name, sh.pp, sh.m, costs)
@@ -191,8 +210,7 @@ class _Evaluator:
 
     def _rank_params(self, name: str, sh: _Shape, counts: tuple[int, ...]) -> list[float]:
         """Parameters on each pipeline rank (one tensor-parallel shard)."""
-        gen = get(name)
-        ranks = stage_ranks(sh.pp, gen.stages_per_rank, gen.placement)
+        ranks = stage_ranks(sh.pp, *layout_of(name))
         md = self.model
         params = [0.0] * sh.pp
         for s, (n, r) in enumerate(zip(counts, ranks, strict=True)):
@@ -262,6 +280,42 @@ def evaluate(
             plans.extend(ev.plans(name, sh, space.sharding))
         if progress:
             progress(i + 1, len(shapes))
+    plans.sort(key=_rank)
+    plans.extend(_searched(ev, plans, space))
     log.info("%d plans, %d simulations", len(plans), ev.cache.simulations)
-    plans.sort(key=lambda p: (not p.fits, -p.samples_per_s, p.peak_memory_bytes))
+    plans.sort(key=_rank)
     return plans
+
+
+def schedule_of(model: ModelSpec, cluster: Cluster, global_batch: int, plan: Plan) -> Schedule:
+    """The schedule a plan runs: generated, or searched again with the plan's stage costs."""
+    ev = _Evaluator(model, cluster, global_batch)
+    sh = _Shape(plan.tp, plan.pp, plan.dp, plan.microbatch_size, plan.num_microbatches,
+                plan.recompute)
+    costs = ev.stage_costs(plan.schedule, sh)[0]
+    sched = ev.cache.schedule(plan.schedule, plan.pp, plan.num_microbatches, costs)
+    if sched is None:
+        raise SpecError(f"{plan.schedule} cannot be built for pp={plan.pp}, "
+                        f"m={plan.num_microbatches}; pick another plan")
+    return sched
+
+
+def _rank(p: Plan) -> tuple[bool, float, float]:
+    return (not p.fits, -p.samples_per_s, p.peak_memory_bytes)
+
+
+def _searched(ev: _Evaluator, plans: list[Plan], space: Space) -> list[Plan]:
+    """``search@B`` plans on the fastest distinct layouts (pp > 1) of the grid."""
+    shapes: list[_Shape] = []
+    near = 1.25 * ev.cluster.gpu_memory
+    for p in sorted(plans, key=lambda p: -p.samples_per_s):
+        sh = _Shape(p.tp, p.pp, p.dp, p.microbatch_size, p.num_microbatches, p.recompute)
+        if p.pp > 1 and p.peak_memory_bytes <= near and sh not in shapes:
+            shapes.append(sh)
+        if len(shapes) >= space.search_shapes:
+            break
+    out = []
+    for sh in shapes:
+        for b in space.search_budgets:
+            out.extend(ev.plans(f"search@{b:g}", sh, space.sharding))
+    return out

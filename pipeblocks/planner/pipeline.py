@@ -28,10 +28,33 @@ from dataclasses import dataclass, field
 from pipeblocks.errors import SpecError
 from pipeblocks.generators import get
 from pipeblocks.ir.schedule import Schedule
+from pipeblocks.search.engine import search
 from pipeblocks.sim.costs_file import PerStageCosts
 from pipeblocks.sim.engine import simulate
 
-__all__ = ["StageCosts", "Run", "PipelineCache", "round2"]
+__all__ = ["StageCosts", "Run", "PipelineCache", "round2", "SEARCH", "search_budget"]
+
+SEARCH = "search@"
+"""Prefix of the searched schedules' names: ``search@0.6`` is the fastest V schedule
+:func:`pipeblocks.search.search` finds within 0.6 of 1F1B's peak activation memory."""
+
+
+def search_budget(name: str) -> float | None:
+    """The budget of a ``search@B`` name; None for any other name.
+
+    >>> search_budget("search@0.6"), search_budget("v-half")
+    (0.6, None)
+    """
+    if not name.startswith(SEARCH):
+        return None
+    try:
+        value = float(name[len(SEARCH):])
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 4:
+        raise SpecError(f"schedule {name!r}: the search budget must be a number in (0, 4] "
+                        f"(a fraction of 1F1B's peak), e.g. search@0.6")
+    return value
 
 
 def round2(x: float) -> float:
@@ -77,8 +100,16 @@ class PipelineCache:
     runs: dict[tuple[str, int, int, StageCosts], Run | None] = field(default_factory=dict)
     simulations: int = 0
 
-    def schedule(self, name: str, pp: int, m: int) -> Schedule | None:
-        """The schedule, or None when its generator refuses (pp, m)."""
+    def schedule(self, name: str, pp: int, m: int, costs: StageCosts | None = None
+                 ) -> Schedule | None:
+        """The schedule, or None when its generator (or the search) refuses (pp, m)."""
+        budget = search_budget(name)
+        if budget is not None:
+            try:
+                per_stage = costs.per_stage() if costs is not None else None
+                return search((pp, m), per_stage, budget, "v").schedule
+            except SpecError:
+                return None
         key = (name, pp, m)
         if key not in self.schedules:
             gen = get(name)
@@ -91,7 +122,7 @@ class PipelineCache:
     def _simulate(self, name: str, pp: int, m: int, costs: StageCosts) -> Run | None:
         key = (name, pp, m, costs)
         if key not in self.runs:
-            sched = self.schedule(name, pp, m)
+            sched = self.schedule(name, pp, m, costs)
             if sched is None:
                 self.runs[key] = None
             else:

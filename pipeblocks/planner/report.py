@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeblocks.errors import SpecError
-from pipeblocks.generators import get
 from pipeblocks.ir.formats import dump
 from pipeblocks.planner import PlanResult
-from pipeblocks.planner.grid import Plan
+from pipeblocks.planner.grid import Plan, schedule_of
 
 __all__ = ["table", "document", "export", "COLUMNS"]
 
@@ -109,8 +108,7 @@ def export(result: PlanResult, folder: str | Path) -> Path:
                         "GPUs, GPUs with more memory, or a smaller global batch")
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    gen = get(p.schedule)
-    schedule = gen(gen.spec(p.pp, p.num_microbatches))
+    schedule = schedule_of(result.model, result.cluster, result.global_batch, p)
     dump(schedule, out / "schedule.csv", "torch-csv")
     dump(schedule, out / "schedule.json", "json")
     doc = {"plan": p.to_dict(), "model": asdict(result.model),

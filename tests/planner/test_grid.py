@@ -97,5 +97,29 @@ def test_acceptance_command_ranks_every_family_in_time() -> None:
     doc = json.loads(out.stdout)
     assert doc["plans"] and all(KEYS <= set(p) for p in doc["plans"])
     assert doc["plans"][0]["fits"]
-    assert set(doc["best_per_schedule"]) == set(PLAN_SCHEDULES)
+    assert set(doc["best_per_schedule"]) >= {*PLAN_SCHEDULES, "search@0.6"}
     assert "planning [" in out.stderr  # progress goes to stderr, not into the JSON
+
+
+def test_searched_schedules_hold_less_than_one_f_one_b_on_the_same_layout() -> None:
+    """search@0.6 plans come after the grid, on its layouts, with less memory than 1f1b's."""
+    space = Space(schedules=("1f1b",), tp=(1,), pp=(4,), recompute=(False,),
+                  sharding=("none",), search_budgets=(0.6,))
+    r = pb.plan(GPT, gpus=8, global_batch=64, space=space)
+    ones = {(p.dp, p.microbatch_size): p for p in r.plans if p.schedule == "1f1b"}
+    found = [p for p in r.plans if p.schedule == "search@0.6"]
+    assert found
+    for p in found:
+        assert p.peak_memory_bytes < ones[(p.dp, p.microbatch_size)].peak_memory_bytes
+
+
+def test_a_searched_best_plan_exports_its_schedule(tmp_path: Path) -> None:
+    """When search@0.6 is the only schedule, the export holds a schedule within the budget."""
+    space = Space(schedules=("search@0.6",), tp=(1,), pp=(4,), microbatch_sizes=(1,),
+                  recompute=(False,), sharding=("none",), search_budgets=())
+    r = pb.plan(GPT, gpus=4, global_batch=16, space=space)
+    assert r.best is not None and r.best.schedule == "search@0.6"
+    export(r, tmp_path)
+    s = load(tmp_path / "schedule.json")
+    validate(s)
+    assert s.spec.placement.value == "v" and s.spec.num_microbatches == 16
