@@ -30,6 +30,14 @@ def _ints(text: str) -> tuple[int, ...]:
     return values
 
 
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 0.5,0.75 (got {text!r})") from None
+    return tuple(v for v in values if v != 0)
+
+
 def _names(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
@@ -74,6 +82,11 @@ def register(sub: Any) -> None:
                        help="full activation recompute (default: try both)")
     space.add_argument("--sharding", type=_names, default=SHARDINGS, metavar="A,B",
                        help=f"optimizer-state sharding (default {','.join(SHARDINGS)})")
+    space.add_argument("--search-budgets", type=_fractions, default=(0.6,), metavar="B,B",
+                       help="budgets (fractions of 1F1B's peak) of the memory-limited search "
+                       "tried on the fastest layouts near the memory (default 0.6; 0: none)")
+    space.add_argument("--search-layouts", type=positive_int, default=4, metavar="N",
+                       help="how many layouts the search tries (default 4)")
     p.add_argument("--top", type=int, default=10, metavar="K",
                    help="plans to show (default 10; 0: all)")
     p.add_argument("--json", action="store_true", help="print a JSON document instead")
@@ -103,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
     recompute = {"both": (False, True), "on": (True,), "off": (False,)}[args.recompute]
     space = Space(schedules=args.schedules, tp=args.tp, pp=args.pp,
                   microbatch_sizes=args.microbatch_size, recompute=recompute,
-                  sharding=args.sharding)
+                  sharding=args.sharding, search_budgets=args.search_budgets,
+                  search_shapes=args.search_layouts)
     result = plan(args.model, cluster=cluster, global_batch=args.global_batch, space=space,
                   progress=None if args.quiet else _progress)
     if args.export:
