@@ -94,6 +94,11 @@ def register(sub: Any) -> None:
                    help="write the best plan's schedule, train command and torchtitan settings")
     p.add_argument("--plot", metavar="FILE", default=None,
                    help="draw MFU against memory per GPU (needs matplotlib: the [plot] extra)")
+    p.add_argument("--run", action="store_true",
+                   help="train the best plan here with `pipeblocks train` (small models, "
+                   "pipeline only; into --export DIR or plan-run/) and compare its memory")
+    p.add_argument("--run-steps", type=positive_int, default=2, metavar="N",
+                   help="training steps of --run (default 2)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)
 
@@ -130,8 +135,16 @@ def run(args: argparse.Namespace) -> int:
             points.setdefault(pl.schedule, []).append((pl.peak_memory_bytes / 1e9, pl.mfu,
                                                        pl.fits))
         plot_plans(points, cluster.gpu_memory / 1e9, args.plot)
+    ran = None
+    if args.run:
+        from pipeblocks.planner.run import run_best
+
+        ran = run_best(result, args.export or "plan-run", steps=args.run_steps)
     if args.json:
-        emit_json(document(result, max(args.top, 0)))
+        doc = document(result, max(args.top, 0))
+        if ran is not None:
+            doc["run"] = ran
+        emit_json(doc)
         return 0
     top = result.plans if args.top <= 0 else result.plans[: args.top]
     print(f"{len(result.plans)} plans for {args.gpus} GPUs; the best first (- : does not fit)")
@@ -142,4 +155,10 @@ def run(args: argparse.Namespace) -> int:
         print("\nno plan fits the GPU memory: use more GPUs, more memory or a smaller batch")
     if args.export:
         print(f"\nwrote the best plan to {args.export}/")
+    if ran is not None:
+        mib = [f"{b / 2**20:.2f}" for b in ran["measured_peak_activation_bytes"]]
+        err = [f"{e:+.1%}" for e in ran["memory_error"]]
+        print(f"\nran it: median step {ran['step_ms_median']:.1f} ms, loss {ran['loss'][-1]:.4f}"
+              f"\npeak activation MiB per rank, measured: {', '.join(mib)}"
+              f"\npredicted - measured: {', '.join(err)}")
     return 0

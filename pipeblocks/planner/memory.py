@@ -18,7 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pipeblocks.errors import SpecError
-from pipeblocks.generators import generate, get
+from pipeblocks.generators import generate
+from pipeblocks.ir.schedule import Schedule
 from pipeblocks.planner.model import ModelSpec
 from pipeblocks.planner.partition import partition
 from pipeblocks.sim.costs_file import PerStageCosts
@@ -43,13 +44,18 @@ def stage_activations(
 
 
 def activation_peaks(
-    model: ModelSpec, schedule: str, pp: int, num_microbatches: int, microbatch_size: int,
-    *, layers_per_stage: Sequence[int] | None = None, tp: int = 1, recompute: bool = False,
-    release_at_b: bool = True,
+    model: ModelSpec, schedule: str | Schedule, pp: int, num_microbatches: int,
+    microbatch_size: int, *, layers_per_stage: Sequence[int] | None = None, tp: int = 1,
+    recompute: bool = False, release_at_b: bool = True,
 ) -> tuple[float, ...]:
-    """Peak activation bytes of each pipeline rank (one tensor-parallel shard)."""
-    gen = get(schedule)
-    spec = gen.spec(pp, num_microbatches)
+    """Peak activation bytes of each pipeline rank (one tensor-parallel shard) of
+    ``schedule`` (a generator name, built with pp and m, or a schedule with that spec)."""
+    if isinstance(schedule, str):
+        schedule = generate(schedule, pp, num_microbatches)
+    spec = schedule.spec
+    if (spec.num_ranks, spec.num_microbatches) != (pp, num_microbatches):
+        raise SpecError(f"the schedule is for p={spec.num_ranks}, m={spec.num_microbatches} "
+                        f"but pp={pp}, m={num_microbatches} were asked; pass matching numbers")
     counts = tuple(layers_per_stage) if layers_per_stage is not None else partition(
         model.layers, pp, stages_per_rank=spec.stages_per_rank, placement=spec.placement)
     if len(counts) != spec.num_stages or sum(counts) != model.layers:
@@ -59,4 +65,4 @@ def activation_peaks(
                                      recompute=recompute, release_at_b=release_at_b)
     ones = (1.0,) * spec.num_stages
     costs = PerStageCosts(ones, ones, ones, mem_f, mem_w, memory_unit="bytes")
-    return simulate(generate(schedule, pp, num_microbatches), costs).peak_memory
+    return simulate(schedule, costs).peak_memory

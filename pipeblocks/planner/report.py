@@ -61,7 +61,7 @@ def document(result: PlanResult, top: int) -> dict[str, Any]:
 def _commands(result: PlanResult, p: Plan) -> str:
     md = result.model
     layout = ",".join(map(str, p.layers_per_stage))
-    common = (f"--schedule-file schedule.csv --microbatches {p.num_microbatches} "
+    common = (f"--schedule-file schedule.json --microbatches {p.num_microbatches} "
               f"--layers {md.layers} --layout {layout} --dim {md.hidden} --heads {md.heads} "
               f"--seq {md.seq} --vocab {md.vocab} --microbatch-size {p.microbatch_size}")
     return "\n".join([

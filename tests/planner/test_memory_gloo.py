@@ -34,3 +34,18 @@ def test_predicted_peaks_match_measured_within_ten_percent(schedule: str, layout
                                  layers_per_stage=counts, release_at_b=False)
     for rank, (got, want) in enumerate(zip(predicted, measured, strict=True)):
         assert got == pytest.approx(want, rel=0.10), (rank, predicted, measured)
+
+
+@pytest.mark.distributed
+def test_plan_run_trains_the_best_plan_and_compares_memory(tmp_path: Path) -> None:
+    """``plan --run``: the best 2-rank plan trains; its predicted peaks are within 10%."""
+    argv = [sys.executable, "-m", "pipeblocks", "plan", "--model",
+            "layers=4,hidden=32,heads=2,seq=16,vocab=64", "--gpus", "2", "--global-batch", "8",
+            "--tp", "1", "--pp", "2", "--microbatch-size", "2", "--run", "--run-steps", "1",
+            "--export", str(tmp_path), "--json", "--quiet"]
+    out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    ran = json.loads(out.stdout)["run"]
+    assert len(ran["loss"]) == 1 and ran["plan"]["pp"] == 2
+    assert len(ran["measured_peak_activation_bytes"]) == 2
+    assert max(abs(e) for e in ran["memory_error"]) < 0.10, ran
