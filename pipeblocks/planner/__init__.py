@@ -3,7 +3,8 @@
 Modules: :mod:`~pipeblocks.planner.model` (parameters, FLOPs and activation bytes),
 :mod:`~.cluster` (GPUs, efficiency curve, links), :mod:`~.partition` (layers to stages),
 :mod:`~.pipeline` (cached simulations), :mod:`~.grid` (time and memory of every plan),
-:mod:`~.report` (table, JSON, export). See docs/planner.md.
+:mod:`~.memory` (activation peaks per rank), :mod:`~.report` (table, JSON, export),
+:mod:`~.run` (``--run``: train the best plan here). See docs/planner.md.
 
     >>> import pipeblocks as pb
     >>> r = pb.plan("layers=24,hidden=2048,heads=16,seq=2048,vocab=50304", gpus=8,
