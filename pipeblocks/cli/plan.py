@@ -108,7 +108,8 @@ def _progress(done: int, total: int) -> None:
     if tty or done == total or done * 10 // total != (done - 1) * 10 // total:
         bar = "#" * (20 * done // total)
         end = "\n" if done == total else ("\r" if tty else "\n")
-        print(f"planning [{bar:<20}] {done}/{total} layouts", end=end, file=sys.stderr,
+        what = "searching" if done == total - 1 else "layouts"
+        print(f"planning [{bar:<20}] {done}/{total} {what}", end=end, file=sys.stderr,
               flush=True)
 
 

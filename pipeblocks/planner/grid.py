@@ -279,9 +279,11 @@ def evaluate(
         for name in names:
             plans.extend(ev.plans(name, sh, space.sharding))
         if progress:
-            progress(i + 1, len(shapes))
+            progress(i + 1, len(shapes) + 1)
     plans.sort(key=_rank)
-    plans.extend(_searched(ev, plans, space))
+    plans.extend(_searched(ev, plans, space))  # the last step of the progress bar
+    if progress:
+        progress(len(shapes) + 1, len(shapes) + 1)
     log.info("%d plans, %d simulations", len(plans), ev.cache.simulations)
     plans.sort(key=_rank)
     return plans

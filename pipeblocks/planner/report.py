@@ -5,6 +5,13 @@ format and ``schedule.json``), ``plan.json`` (the plan and its inputs), ``train.
 ``pipeblocks train`` and ``torchrun`` lines that run its pipeline dimension) and
 ``torchtitan.toml`` (the parallel degrees, microbatching and the schedule CSV for torchtitan's
 job config).
+
+    >>> from pipeblocks.planner.grid import Plan
+    >>> p = Plan("v-half", 2, 1, 4, 1, 16, False, "zero1", 61.2e9, True, 12.5, 0.55, 2.1,
+    ...          0.04, (6, 6, 6, 6, 6, 6, 6, 6))
+    >>> print(table([p]))
+    #  schedule  dp  tp  pp  mbs   m  recompute  sharding  GB/GPU  fits  samples/s    MFU
+    1    v-half   2   1   4    1  16        off     zero1    61.2   yes       12.5  55.0%
 """
 
 from __future__ import annotations
