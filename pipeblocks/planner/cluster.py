@@ -92,7 +92,8 @@ class Cluster:
                             f"(got {self.peak_efficiency!r})")
         if not 0 <= self.reserved < self.gpu_memory:
             raise SpecError(f"cluster 'reserved' must lie in 0..gpu_memory (got "
-                            f"{self.reserved!r}, gpu_memory={self.gpu_memory!r})")
+                            f"{self.reserved!r}, gpu_memory={self.gpu_memory!r}); lower "
+                            f"--reserved or raise --gpu-memory")
         object.__setattr__(self, "network", Network(self.gpus_per_node, self.intra, self.inter))
 
     def efficiency(self, work: float) -> float:
