@@ -143,7 +143,7 @@ class _Evaluator:
         tokens = sh.mbs * md.seq
         rate = cl.flops * cl.efficiency(2.0 * tokens * md.hidden * md.f / sh.tp)
         f, b, w = (x / sh.tp / rate for x in md.layer_flops(tokens))
-        act_bytes = 2.0 * tokens * md.hidden
+        act_bytes = float(md.act_bytes * tokens * md.hidden)  # one activation or gradient
         if sh.tp > 1:
             tp_comm = 2 * net.all_reduce(act_bytes, sh.tp)
             f, b = f + tp_comm, b + tp_comm
@@ -189,7 +189,7 @@ class _Evaluator:
         md, cl = self.model, self.cluster
         tokens = sh.mbs * md.seq
         layer_act = md.layer_activation(tokens, recompute=sh.recompute)[0] / sh.tp
-        transient = 4 * 2.0 * tokens * md.hidden / sh.tp
+        transient = 4.0 * md.act_bytes * tokens * md.hidden / sh.tp  # p2p send, recv buffers
         if sh.recompute:
             transient += md.layer_activation(tokens, recompute=False)[0] / sh.tp
         params = self._rank_params(name, sh, counts)
