@@ -107,7 +107,7 @@ class PipelineCache:
         if budget is not None:
             try:
                 per_stage = costs.per_stage() if costs is not None else None
-                return search((pp, m), per_stage, budget, "v").schedule
+                return search((pp, m), per_stage, budget=budget, family="v").schedule
             except SpecError:
                 return None
         key = (name, pp, m)
