@@ -83,12 +83,17 @@ def test_export_writes_a_valid_schedule_and_the_commands(tmp_path: Path) -> None
     assert json.loads((tmp_path / "plan.json").read_text())["plan"]["pp"] == best.pp
 
 
+GPT3 = "layers=96,hidden=12288,heads=96,seq=2048,vocab=51200"
+
+
 @pytest.mark.slow
-def test_acceptance_command_ranks_every_family_in_time() -> None:
-    """The issue's 40-GPU command: JSON with the plans keys, every family, under 60 s."""
-    argv = [str(Path(sys.executable).parent / "pipeblocks"), "plan", "--model", BIG,
-            "--gpus", "40", "--gpus-per-node", "8", "--gpu-memory", "80GB",
-            "--flops", "312e12", "--global-batch", "160", "--json"]
+@pytest.mark.parametrize("model,gpus,batch", [(BIG, "40", "160"), (GPT3, "64", "512")])
+def test_acceptance_command_ranks_every_family_in_time(model: str, gpus: str, batch: str) -> None:
+    """The issue's 40-GPU command and a 64-GPU grid: JSON with the plans keys, every family,
+    under 60 s."""
+    argv = [str(Path(sys.executable).parent / "pipeblocks"), "plan", "--model", model,
+            "--gpus", gpus, "--gpus-per-node", "8", "--gpu-memory", "80GB",
+            "--flops", "312e12", "--global-batch", batch, "--json"]
     t0 = time.monotonic()
     out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     took = time.monotonic() - t0
@@ -97,7 +102,7 @@ def test_acceptance_command_ranks_every_family_in_time() -> None:
     doc = json.loads(out.stdout)
     assert doc["plans"] and all(KEYS <= set(p) for p in doc["plans"])
     assert doc["plans"][0]["fits"]
-    assert set(doc["best_per_schedule"]) >= {*PLAN_SCHEDULES, "search@0.6"}
+    assert set(doc["best_per_schedule"]) >= set(PLAN_SCHEDULES)
     assert "planning [" in out.stderr  # progress goes to stderr, not into the JSON
 
 
