@@ -19,6 +19,7 @@ from pipeblocks.errors import (
 )
 from pipeblocks.generators import generate, get, names
 from pipeblocks.ir import Action, Pass, PipelineSpec, Placement, Schedule, validate
+from pipeblocks.planner import plan
 from pipeblocks.sim import Simulation, UniformCosts, simulate
 
 __version__ = "0.1.0"
@@ -42,6 +43,7 @@ __all__ = [
     "generate",
     "get",
     "names",
+    "plan",
     "simulate",
     "validate",
 ]

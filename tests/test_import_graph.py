@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1] / "pipeblocks"
 
 # Lowest first. A module's layer is its first name below pipeblocks; the package itself and
 # its top-level entry modules (``python -m pipeblocks``) sit above everything.
-LAYERS = ("errors", "ir", "blocks", "generators", "sim", "search", "visual", "runtime",
-          "models", "cli", "<top>")
+LAYERS = ("errors", "checks", "ir", "blocks", "generators", "sim", "search", "visual",
+          "planner", "runtime", "models", "cli", "<top>")
 TOP = {"pipeblocks", "pipeblocks.__main__", "pipeblocks.train"}  # entry modules
 
 # Upward imports that exist today, each with the change that removes it. The test fails when

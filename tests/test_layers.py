@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-PURE = ["ir", "blocks", "generators", "search", "sim", "visual", "cli.main"]
+PURE = ["ir", "blocks", "generators", "search", "sim", "planner", "visual", "cli.main", "cli.plan"]
 
 
 def test_pure_layers_import_without_torch() -> None:

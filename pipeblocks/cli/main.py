@@ -25,7 +25,7 @@ __all__ = ["main", "build_parser"]
 # extra to install; `pareto -o` checks matplotlib itself, only when it draws).
 _NEEDS = {"train": "torch", "profile": "torch", "draw": "matplotlib"}
 
-_ORDER = ("list", "show", "export", "validate", "simulate", "compare", "search", "pareto",
+_ORDER = ("list", "show", "export", "validate", "simulate", "compare", "search", "pareto", "plan",
           "draw", "train", "profile")
 
 

@@ -241,7 +241,7 @@ def solve_exact(spec: PipelineSpec, costs: CostModel, limit: float, *, time_limi
     tab = tables(spec, costs)
     if hint is None:  # the list scheduler's best, so that the solver never starts empty
         hint = _list_hint(tab, costs, limit)
-    m, n = spec.num_microbatches, spec.num_stages
+    m = spec.num_microbatches
     q = quantum_of([*tab.f, *tab.b, *tab.w, *tab.comm_act, *tab.comm_grad])
     times = [*tab.f, *tab.b, *tab.w, *tab.comm_act, *tab.comm_grad]
     rounded = any(abs(x / q - round(x / q)) > 1e-6 for x in times)
@@ -255,37 +255,9 @@ def solve_exact(spec: PipelineSpec, costs: CostModel, limit: float, *, time_limi
     horizon = (hint_ticks if hint_ticks is not None
                else sum(dur.values()) + m * (sum(comm_a) + sum(comm_g)))
 
-    model = cp_model.CpModel()
-    start: dict[Action, Any] = {}
-    interval: dict[Action, Any] = {}
-    for a, d in dur.items():
-        start[a] = model.new_int_var(es[a], max(es[a], horizon - d), f"s{a}")
-        interval[a] = model.new_fixed_size_interval_var(start[a], d, f"i{a}")
-    makespan = model.new_int_var(0, horizon, "makespan")
-    for s in range(n):
-        for j in range(m):
-            f, b, w = Action(s, Pass.F, j), Action(s, Pass.B, j), Action(s, Pass.W, j)
-            if s > 0:
-                model.add(start[f] >= start[Action(s - 1, Pass.F, j)]
-                          + dur[Action(s - 1, Pass.F, j)] + comm_a[s])
-            model.add(start[b] >= start[f] + dur[f])
-            if s < n - 1:
-                up = Action(s + 1, Pass.B, j)
-                model.add(start[b] >= start[up] + dur[up] + comm_g[s])
-            model.add(start[w] >= start[b] + dur[b])
-            model.add(makespan >= start[w] + dur[w])
-    for j in range(m - 1):  # symmetry: microbatches enter stage 0 in order
-        model.add(start[Action(0, Pass.F, j + 1)] >= start[Action(0, Pass.F, j)])
     scale, exact_memory = _memory_scale([*tab.mem_f, *tab.mem_w, limit])
-    cap = math.ceil(limit * scale - 1e-9) if not exact_memory else round(limit * scale)
-    floor = 0  # no rank ends before its first pass can start plus all its work
-    for r in range(spec.num_ranks):
-        mine = [a for a in dur if tab.rank_of[a.stage] == r]
-        model.add_no_overlap([interval[a] for a in mine])
-        floor = max(floor, min(es[a] for a in mine) + sum(dur[a] for a in mine))
-        model.add(makespan >= floor)
-        _hold(model, mine, start, dur, tab, scale, cap, makespan)
-    model.minimize(makespan)
+    model, start, makespan, floor = _build(cp_model.CpModel(), spec, tab, dur, comm_a, comm_g,
+                                           es, horizon, limit, scale, exact_memory)
     for a, t in hint_starts.items():
         model.add_hint(start[a], t)
     if hint_ticks is not None:
@@ -328,6 +300,46 @@ def solve_exact(spec: PipelineSpec, costs: CostModel, limit: float, *, time_limi
              status, sim.makespan, bound, seconds)
     return ExactResult(best, sim, bound, optimal, status, q, rounded or not exact_memory, limit,
                        seconds, hint_makespan)
+
+
+def _build(model: Any, spec: PipelineSpec, tab: Tables, dur: dict[Action, int],
+           comm_a: list[int], comm_g: list[int], es: dict[Action, int], horizon: int,
+           limit: float, scale: int, exact_memory: bool
+           ) -> tuple[Any, dict[Action, Any], Any, int]:
+    """The CP-SAT model of one step: a start per pass, the dependencies with their transfers,
+    one pass at a time per rank, the memory cap per rank; minimise the makespan. Returns the
+    model, the start variables, the makespan variable and the trivial floor."""
+    m, n = spec.num_microbatches, spec.num_stages
+    start: dict[Action, Any] = {}
+    interval: dict[Action, Any] = {}
+    for a, d in dur.items():
+        start[a] = model.new_int_var(es[a], max(es[a], horizon - d), f"s{a}")
+        interval[a] = model.new_fixed_size_interval_var(start[a], d, f"i{a}")
+    makespan = model.new_int_var(0, horizon, "makespan")
+    for s in range(n):
+        for j in range(m):
+            f, b, w = Action(s, Pass.F, j), Action(s, Pass.B, j), Action(s, Pass.W, j)
+            if s > 0:
+                model.add(start[f] >= start[Action(s - 1, Pass.F, j)]
+                          + dur[Action(s - 1, Pass.F, j)] + comm_a[s])
+            model.add(start[b] >= start[f] + dur[f])
+            if s < n - 1:
+                up = Action(s + 1, Pass.B, j)
+                model.add(start[b] >= start[up] + dur[up] + comm_g[s])
+            model.add(start[w] >= start[b] + dur[b])
+            model.add(makespan >= start[w] + dur[w])
+    for j in range(m - 1):  # symmetry: microbatches enter stage 0 in order
+        model.add(start[Action(0, Pass.F, j + 1)] >= start[Action(0, Pass.F, j)])
+    cap = math.ceil(limit * scale - 1e-9) if not exact_memory else round(limit * scale)
+    floor = 0  # no rank ends before its first pass can start plus all its work
+    for r in range(spec.num_ranks):
+        mine = [a for a in dur if tab.rank_of[a.stage] == r]
+        model.add_no_overlap([interval[a] for a in mine])
+        floor = max(floor, min(es[a] for a in mine) + sum(dur[a] for a in mine))
+        model.add(makespan >= floor)
+        _hold(model, mine, start, dur, tab, scale, cap, makespan)
+    model.minimize(makespan)
+    return model, start, makespan, floor
 
 
 def _hold(model: Any, mine: list[Action], start: dict[Action, Any], dur: dict[Action, int],
