@@ -162,8 +162,7 @@ class Stage:
 
     def side_inputs(self, available: Sequence[str]) -> set[str]:
         """The side inputs among ``available`` that some part of this stage asks for."""
-        parts = self._parts if self.split else [self.module]
-        return {n for k, part in enumerate(parts) for n in self._wanted(k, part, available)}
+        return {n for k, part in enumerate(self._parts) for n in self._wanted(k, part, available)}
 
     def probe(self, x: Any, side: Mapping[str, Any] | None = None) -> Any:
         """The output for input ``x`` with nothing kept (the shape handshake): detached
@@ -281,18 +280,18 @@ class Stage:
         return unflatten(spec, [_fresh(t) for t in leaves])
 
     def _run(self, x: Any, side: Mapping[str, Any], segments: list[_Segment]) -> Any:
-        parts = self._parts if self.split else [self.module]
+        """Run the parts in order; when split, each on fresh leaves (its own segment)."""
         h = x
-        for k, part in enumerate(parts):
-            if k > 0:
-                leaves, spec = flatten(h, f"stage {self.stage} (part {k - 1})")
+        ins = [t for t in flatten(h)[0] if t.requires_grad and t.grad_fn is None]
+        for k, part in enumerate(self._parts):
+            if k > 0 and self.split:
+                segments.append(_Segment(ins, _roots(h)))
+                leaves, spec = flatten(h)
                 h = unflatten(spec, [_fresh(t) for t in leaves])
-            ins = [t for t in flatten(h)[0] if t.requires_grad and t.grad_fn is None]
-            out = call(part, h, side, self._wanted(k, part, list(side)))
-            leaves, _ = flatten(out, f"stage {self.stage} (part {k}, {type(part).__name__})'s "
-                                     f"output")
-            segments.append(_Segment(ins, [t for t in leaves if t.requires_grad]))
-            h = out
+                ins = [t for t in flatten(h)[0] if t.requires_grad]
+            h = call(part, h, side, self._wanted(k, part, list(side)))
+            flatten(h, f"stage {self.stage} (part {k}, {type(part).__name__})'s output")
+        segments.append(_Segment(ins, _roots(h)))
         return h
 
     def _wanted(self, k: int, part: nn.Module, available: Sequence[str]) -> tuple[str, ...]:
@@ -349,7 +348,7 @@ def _segments(module: nn.Module) -> list[nn.Module]:
     plain = (
         isinstance(module, nn.Sequential)
         and type(module).forward is nn.Sequential.forward
-        and len(module) > 1
+        and len(module) >= 1
         and not (module._forward_hooks or module._forward_pre_hooks)
     )
     return list(module) if plain else [module]  # type: ignore[call-overload]
@@ -374,6 +373,10 @@ def _pairs(roots: list[torch.Tensor], grads: Sequence[torch.Tensor | None]
                               f"that require grad")
     keep = [(r, g) for r, g in zip(roots, grads, strict=True) if _can_backward(r, g)]
     return [r for r, _ in keep], [g for _, g in keep]
+
+
+def _roots(out: Any) -> list[torch.Tensor]:
+    return [t for t in flatten(out)[0] if t.requires_grad]
 
 
 def _fresh(t: torch.Tensor) -> torch.Tensor:
