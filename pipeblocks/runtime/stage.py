@@ -54,7 +54,7 @@ effects included).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,7 +63,7 @@ from torch import nn
 
 from pipeblocks.errors import PipeblocksError
 from pipeblocks.runtime.frontier import Plan, Planner, WeightPass, engine_backward
-from pipeblocks.runtime.tree import call, flatten, unflatten, wanted_side
+from pipeblocks.runtime.tree import call, flatten, unfilled, unflatten, wanted_side
 
 __all__ = ["Stage", "LossFn", "shared_parameters"]
 
@@ -146,6 +146,7 @@ class Stage:
         self._weight_pass = WeightPass()
         self._pending: dict[int, _Pending] = {}
         self._side: dict[tuple[int, tuple[str, ...]], tuple[str, ...]] = {}
+        self._checked: set[tuple[int, int]] = set()
         self.last_count: int | None = None  # the token count of the last loss (sum, count)
 
     @property
@@ -289,7 +290,11 @@ class Stage:
                 leaves, spec = flatten(h)
                 h = unflatten(spec, [_fresh(t) for t in leaves])
                 ins = [t for t in flatten(h)[0] if t.requires_grad]
-            h = call(part, h, side, self._wanted(k, part, list(side)))
+            names = self._wanted(k, part, list(side))
+            if (k, len(side)) not in self._checked:
+                self._checked.add((k, len(side)))
+                self._refuse_missing(part, unfilled(part, h, names), side)
+            h = call(part, h, side, names)
             flatten(h, f"stage {self.stage} (part {k}, {type(part).__name__})'s output")
         segments.append(_Segment(ins, _roots(h)))
         return h
@@ -299,13 +304,16 @@ class Stage:
         got = self._side.get(key)
         if got is None:
             got = self._side[key] = wanted_side(part, available)
-            missing = [n for n in got if n not in available]
-            if missing:
-                raise SideInputError(
-                    f"stage {self.stage} ({type(part).__name__}) asks for side input(s) "
-                    f"{missing} but the batch gives only {sorted(available)}; pass them in "
-                    f"step(..., side={{name: tensor}}) or drop them from its side_inputs")
+            self._refuse_missing(part, [n for n in got if n not in available], available)
         return got
+
+    def _refuse_missing(self, part: nn.Module, missing: Sequence[str],
+                        available: Iterable[str]) -> None:
+        if missing:
+            raise SideInputError(
+                f"stage {self.stage} ({type(part).__name__}) asks for side input(s) "
+                f"{list(missing)} but the batch gives only {sorted(available)}; pass them in "
+                f"step(..., side={{name: tensor}}) or give them defaults")
 
     def _input_grad(self, st: _Pending, g: list[torch.Tensor]) -> Any:
         if self.is_first:

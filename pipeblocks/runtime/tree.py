@@ -12,7 +12,7 @@ parameters of its ``forward``, or its ``side_inputs`` attribute) are added as ke
     >>> import torch
     >>> leaves, spec = flatten((torch.ones(2), {"mask": torch.zeros(2, dtype=torch.bool)}))
     >>> len(leaves), spec
-    (2, ['tuple', ['leaf', ['dict', ['mask'], ['leaf']]]])
+    (2, ['tuple', [['leaf'], ['dict', ['mask'], [['leaf']]]]])
     >>> out = unflatten(spec, leaves)
     >>> type(out).__name__, sorted(out[1])
     ('tuple', ['mask'])
@@ -95,6 +95,29 @@ def wanted_side(module: nn.Module, available: Sequence[str]) -> tuple[str, ...]:
     named = {n for n, p in params.items()
              if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     return tuple(n for n in available if n in named)
+
+
+def unfilled(module: nn.Module, x: Any, names: Sequence[str]) -> list[str]:
+    """The required parameters of ``module.forward`` that neither ``x`` nor ``names`` fill."""
+    try:
+        sig = inspect.signature(module.forward)
+    except (TypeError, ValueError):
+        return []
+    args, kw = _args(x)
+    try:
+        bound = sig.bind_partial(*args, **kw, **{n: None for n in names})
+    except TypeError:
+        return []
+    return [n for n, p in sig.parameters.items() if p.default is p.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in bound.arguments]
+
+
+def _args(x: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(x, (tuple, list)):
+        return tuple(x), {}
+    if isinstance(x, Mapping):
+        return (), dict(x)
+    return (x,), {}
 
 
 def call(module: nn.Module, x: Any, side: Mapping[str, Any], names: Sequence[str]) -> Any:
