@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import pipeblocks as pb
+from pipeblocks.errors import PipeblocksError
 from pipeblocks.runtime.executor import Executor
 from pipeblocks.runtime.faults import RankFailure
 from pipeblocks.runtime.launch import launch
@@ -157,6 +158,7 @@ _TIE_WORKER = """
 import os, torch, torch.distributed as dist
 from torch import nn
 import pipeblocks as pb
+from pipeblocks.errors import PipeblocksError
 from pipeblocks.runtime.executor import Executor
 from pipeblocks.runtime.faults import RankFailure
 from pipeblocks.runtime.faults import Guard, write_error
