@@ -29,7 +29,7 @@ from torch import nn
 
 from pipeblocks.errors import SpecError
 
-__all__ = ["decoder_layers", "token_loss", "count_tokens", "Embed", "Layer", "Head"]
+__all__ = ["decoder_layers", "token_loss", "count_tokens", "Embed", "Layer", "Head", "HFSource"]
 
 
 class Embed(nn.Module):
@@ -113,3 +113,48 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
 def count_tokens(labels: torch.Tensor) -> int:
     """The number of tokens :func:`token_loss` counts in ``labels``."""
     return int((labels[:, 1:] != -100).sum())
+
+
+class HFSource:
+    """A HF causal LM as a :class:`pipeblocks.runtime.trainer.ModelSource`: random weights
+    from ``make()`` (called after seeding, so every rank builds the same), random token
+    batches with right padding, whose length cycles ``seq``, ``seq - 1``, ``seq - 2`` over
+    the steps (the shapes are agreed again), and the token-mean loss."""
+
+    def __init__(self, make: Any, *, vocab: int, seq: int, hidden: int, seed: int = 0) -> None:
+        self.make, self.vocab, self.seq, self.hidden, self.seed = make, vocab, seq, hidden, seed
+
+    @property
+    def tokens_per_sample(self) -> int:
+        return self.seq
+
+    def build(self) -> list[nn.Module]:
+        torch.manual_seed(self.seed)
+        return decoder_layers(self.make())
+
+    def layout(self, num_stages: int) -> tuple[int, ...]:
+        """The decoder layers spread evenly, the embedding on stage 0, the head on the last."""
+        from pipeblocks.runtime.split import ends_layout
+
+        return ends_layout(len(self.build()) - 2, num_stages)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return token_loss(logits, labels)
+
+    def count_tokens(self, labels: torch.Tensor) -> int:
+        return count_tokens(labels)
+
+    def batch(self, size: int, step: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        t = max(2, self.seq - step % 3)
+        ids = torch.randint(0, self.vocab, (size, t), generator=g)
+        lengths = torch.randint(2, t + 1, (size,), generator=g)
+        mask = (torch.arange(t)[None, :] < lengths[:, None]).long()
+        side = {"attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp(min=0)}
+        return ids, ids.masked_fill(mask == 0, -100), side
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": type(self.make()).__name__, "vocab": self.vocab, "hidden": self.hidden}
+
+    def activation_shape(self, microbatch_size: int) -> tuple[int, ...]:
+        return (microbatch_size, self.seq, self.hidden)

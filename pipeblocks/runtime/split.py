@@ -26,7 +26,7 @@ from torch import nn
 from pipeblocks.errors import SpecError
 from pipeblocks.runtime.ties import find_ties
 
-__all__ = ["even_layout", "ends_layout", "split"]
+__all__ = ["even_layout", "ends_layout", "split", "layers_of"]
 
 
 def even_layout(num_parts: int, num_stages: int) -> tuple[int, ...]:
@@ -60,7 +60,7 @@ def split(
     layout: Sequence[int] | None = None,
 ) -> list[nn.Sequential]:
     """The stages as ``nn.Sequential``s of consecutive parts (the modules are shared, not copied)."""
-    parts = _parts(model)
+    parts = layers_of(model)
     counts = even_layout(len(parts), num_stages) if layout is None else tuple(layout)
     if len(counts) != num_stages:
         raise SpecError(
@@ -84,11 +84,10 @@ def split(
     return stages
 
 
-def _parts(model: nn.Sequential | Sequence[nn.Module]) -> list[nn.Module]:
-    if isinstance(model, nn.Sequential) or (
-            isinstance(model, Sequence | nn.ModuleList) and not isinstance(model, nn.Module)):
-        return list(model)
-    if isinstance(model, nn.ModuleList):
+def layers_of(model: nn.Sequential | Sequence[nn.Module]) -> list[nn.Module]:
+    """The model's layers in forward order, or an error saying how to give them."""
+    if isinstance(model, (nn.Sequential, nn.ModuleList)) or (
+            isinstance(model, (list, tuple)) and all(isinstance(m, nn.Module) for m in model)):
         return list(model)
     raise SpecError(
         f"split takes a sequence of layers (nn.Sequential, nn.ModuleList or a list of modules) "
