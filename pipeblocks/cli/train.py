@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from pipeblocks.runtime.trainer import TrainPlan
 
 __all__ = ["register", "run", "add_train_args", "to_argv", "MODELS", "build_plan", "rank_main",
-           "model_config", "layout_of"]
+           "model_config", "layout_of", "load_model"]
 
 MODELS = ("tiny-gpt",)
 
@@ -63,11 +63,15 @@ def add_train_args(p: argparse.ArgumentParser, *, ranks_required: bool) -> None:
     p.add_argument("--stages-per-rank", type=positive_int, default=None, metavar="V",
                    help="model chunks per rank (default: what the schedule needs)")
     p.add_argument("--steps", type=positive_int, default=10, help="training steps (default 10)")
-    p.add_argument("--model", choices=MODELS, default="tiny-gpt", help="model (default tiny-gpt)")
+    p.add_argument("--model", default="tiny-gpt", metavar="NAME|MODULE:FACTORY|FILE.py:FACTORY",
+                   help="tiny-gpt (default), or a factory(num_stages, seed) returning a model "
+                   "source, from a module or a Python file (docs/models.md)")
     p.add_argument("--layers", type=positive_int, default=None,
-                   help="transformer blocks (default: the multiple of the stage count >= 8)")
+                   help="tiny-gpt: transformer blocks (default: the multiple of the stage "
+                   "count >= 8)")
     p.add_argument("--layout", default=None, metavar="N,N,...",
-                   help="blocks per stage, comma-separated (default: even)")
+                   help="blocks per stage, comma-separated (tiny-gpt: without the embedding "
+                   "and head; another model: its layers; default: even)")
     p.add_argument("--dim", type=positive_int, default=64, help="model width (default 64)")
     p.add_argument("--heads", type=positive_int, default=4, help="attention heads (default 4)")
     p.add_argument("--seq", type=positive_int, default=32, help="sequence length (default 32)")
@@ -103,10 +107,11 @@ def add_train_args(p: argparse.ArgumentParser, *, ranks_required: bool) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
-        "train", help="train a small GPT with a schedule on P local processes",
+        "train", help="train a model (the small GPT or yours) with a schedule on P processes",
         description="Run any schedule on torch.distributed: starts P local rank processes "
         "(gloo on 127.0.0.1, NCCL when CUDA is there) that train the small GPT on synthetic "
-        "data. The same per-rank program runs under torchrun: "
+        "data, or the model a --model factory gives. The same per-rank program runs under "
+        "torchrun: "
         "`torchrun --nproc-per-node P -m pipeblocks.train ...`.",
         epilog="example: pipeblocks train --schedule v-half --ranks 4 --microbatches 8 --steps 5",
     )
@@ -168,14 +173,20 @@ def build_plan(args: argparse.Namespace, world: int | None = None) -> TrainPlan:
     if args.emulate_ms is not None and args.check_grads:
         raise SpecError("--check-grads needs real passes; drop --emulate-ms")
     schedule = load_schedule(args, num_ranks)
-    cfg = model_config(args, schedule.spec.num_stages)
-    layout = layout_of(args, cfg, schedule.spec.num_stages)
-    resume = _check_checkpoint_args(args, cfg, layout)
+    S = schedule.spec.num_stages
+    if args.model in MODELS:
+        cfg = model_config(args, S)
+        source: Any = GPTSource(cfg, seed=args.seed)
+        layout = layout_of(args, cfg, S)
+    else:
+        source = load_model(args.model)(S, args.seed)
+        layout = _source_layout(args, source, S)
+    resume = _check_checkpoint_args(args, source.describe(), layout)
     options = TrainOptions(
         steps=args.steps, microbatch_size=args.microbatch_size, lr=args.lr, seed=args.seed,
         emulate_ms=args.emulate_ms, check_grads=args.check_grads, memory=args.memory,
         timeout=args.timeout, threads=args.threads, save=args.save, save_every=args.save_every)
-    return TrainPlan(schedule, GPTSource(cfg, seed=args.seed), layout, options,
+    return TrainPlan(schedule, source, layout, options,
                      name=schedule.name or str(args.schedule_file), resume=resume)
 
 
@@ -242,7 +253,53 @@ def layout_of(args: argparse.Namespace, cfg: GPTConfig, num_stages: int) -> tupl
     return tuple(counts)
 
 
-def _check_checkpoint_args(args: argparse.Namespace, cfg: GPTConfig,
+def load_model(text: str) -> Any:
+    """The factory named ``MODULE:FACTORY`` or ``path/to/file.py:FACTORY``."""
+    import importlib
+    import importlib.util
+
+    where, _, name = text.rpartition(":")
+    if not where or not name:
+        raise SpecError(f"--model {text!r} is neither {', '.join(MODELS)} nor MODULE:FACTORY "
+                        f"or FILE.py:FACTORY; e.g. --model examples/hf_llama.py:build")
+    try:
+        if where.endswith(".py") or os.sep in where:
+            if not os.path.isfile(where):
+                raise SpecError(f"--model {text}: no file {where}")
+            spec = importlib.util.spec_from_file_location(
+                f"pipeblocks_model_{os.path.basename(where)[:-3]}", where)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except ImportError as e:
+        raise SpecError(f"--model {text}: cannot import {where} ({e}); install what it needs "
+                        f"(a HuggingFace model: pip install 'pipeblocks[hf]')") from e
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise SpecError(f"--model {text}: {where} has no function {name!r}; give a factory "
+                        f"(num_stages, seed) -> model source (docs/models.md)")
+    return factory
+
+
+def _source_layout(args: argparse.Namespace, source: Any, num_stages: int) -> tuple[int, ...]:
+    """Layers per stage of a model from a factory: --layout, its own, or an even spread."""
+    from pipeblocks.runtime.split import even_layout, layers_of
+
+    if args.layout is not None:
+        try:
+            return tuple(int(x) for x in args.layout.split(",") if x.strip())
+        except ValueError:
+            raise SpecError(f"--layout {args.layout!r} is not a comma-separated list of "
+                            f"integers") from None
+    own = getattr(source, "layout", None)
+    if own is not None:
+        return tuple(own(num_stages))
+    return even_layout(len(layers_of(source.build())), num_stages)
+
+
+def _check_checkpoint_args(args: argparse.Namespace, described: dict[str, Any],
                            layout: tuple[int, ...]) -> Any:
     """--save / --save-every / --resume: refused here, before any process or message; the
     checkpoint to resume from (found once), or None."""
@@ -257,12 +314,10 @@ def _check_checkpoint_args(args: argparse.Namespace, cfg: GPTConfig,
         raise SpecError("--check-grads compares step 1 with a fresh model; drop it with --resume")
     if args.resume is None:
         return None
-    import dataclasses
-
     from pipeblocks.runtime import checkpoint
 
     info = checkpoint.find(args.resume)
-    checkpoint.check_compatible(info, layout, dataclasses.asdict(cfg))
+    checkpoint.check_compatible(info, layout, described)
     if info.step >= args.steps:
         raise SpecError(f"--resume {info.path} is after step {info.step} but --steps is "
                         f"{args.steps} (the total): nothing to run; use --steps "

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["GPTConfig", "TinyGPT", "Embedding", "Block", "Head", "synthetic_batch", "lm_loss",
-           "GPTSource"]
+           "GPTSource", "tiny_gpt"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,3 +171,16 @@ class GPTSource:
 
     def activation_shape(self, microbatch_size: int) -> tuple[int, ...]:
         return (microbatch_size, self.cfg.seq, self.cfg.dim)
+
+    def layout(self, num_stages: int) -> tuple[int, ...]:
+        """The blocks spread evenly, the embedding on stage 0 and the head on the last."""
+        from pipeblocks.runtime.split import ends_layout
+
+        return ends_layout(self.cfg.layers, num_stages)
+
+
+def tiny_gpt(num_stages: int, seed: int = 0, **sizes: int) -> GPTSource:
+    """The ``--model`` factory of the small GPT (``tiny-gpt``): by default the smallest
+    multiple of ``num_stages`` >= 8 blocks; ``sizes`` override :class:`GPTConfig` fields."""
+    layers = sizes.pop("layers", None) or num_stages * math.ceil(8 / num_stages)
+    return GPTSource(GPTConfig(layers=layers, **sizes), seed=seed)

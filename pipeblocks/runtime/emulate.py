@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -106,7 +107,8 @@ class EmulatedStage:
         emulated_sleep(self.seconds * factor)
 
     def forward(
-        self, mb: int, x: torch.Tensor, target: torch.Tensor | None = None, scale: float = 1.0
+        self, mb: int, x: torch.Tensor, target: Any = None, scale: float = 1.0,
+        side: Any = None,
     ) -> torch.Tensor:
         self._sleep()
         self._pending.add(mb)
@@ -114,7 +116,11 @@ class EmulatedStage:
             self._grad_in = torch.zeros_like(x)
         return torch.zeros((), device=self.out.device) if self.is_last else self.out
 
-    def backward_input(self, mb: int, grad_out: torch.Tensor | None) -> torch.Tensor | None:
+    def evaluate(self, x: torch.Tensor, target: Any = None, side: Any = None) -> torch.Tensor:
+        self._sleep()
+        return torch.zeros((), device=self.out.device) if self.is_last else self.out
+
+    def backward_input(self, mb: int, grad_out: Any) -> torch.Tensor | None:
         self._sleep()
         return self._grad_in
 
@@ -122,7 +128,7 @@ class EmulatedStage:
         self._sleep()
         self._pending.discard(mb)
 
-    def backward(self, mb: int, grad_out: torch.Tensor | None) -> torch.Tensor | None:
+    def backward(self, mb: int, grad_out: Any) -> torch.Tensor | None:
         self._sleep(2.0)
         self._pending.discard(mb)
         return self._grad_in

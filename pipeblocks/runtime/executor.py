@@ -32,8 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -45,8 +44,11 @@ from pipeblocks.ir.lowering import Comm, CommOp, LoweredSchedule, Payload, Trans
 from pipeblocks.ir.schedule import Schedule
 from pipeblocks.ir.validate import validate
 from pipeblocks.runtime.faults import Guard, RankFailure
-from pipeblocks.runtime.p2p import P2P, Post, agree_shapes, tag_of
+from pipeblocks.runtime.p2p import P2P, Post, Wire, agree_shapes, tag_of
 from pipeblocks.runtime.stage import LossFn, Stage, shared_parameters
+from pipeblocks.runtime.steps import StepResult, _saved_bytes, _shapes, _StepState
+from pipeblocks.runtime.ties import TiedGrads, clip_grad_norm, unique_parameters
+from pipeblocks.runtime.tree import flatten, split_tree, unflatten
 
 __all__ = ["Executor", "StepResult", "StageRunner", "check_stages"]
 
@@ -60,67 +62,17 @@ class StageRunner(Protocol):
     split: bool
 
     def forward(
-        self, mb: int, x: torch.Tensor, target: torch.Tensor | None = None, scale: float = 1.0
-    ) -> torch.Tensor: ...
+        self, mb: int, x: Any, target: Any = None, scale: float = 1.0,
+        side: Mapping[str, Any] | None = None,
+    ) -> Any: ...
 
-    def backward_input(self, mb: int, grad_out: torch.Tensor | None) -> torch.Tensor | None: ...
+    def backward_input(self, mb: int, grad_out: Any) -> Any: ...
 
     def backward_weight(self, mb: int) -> None: ...
 
-    def backward(self, mb: int, grad_out: torch.Tensor | None) -> torch.Tensor | None: ...
+    def backward(self, mb: int, grad_out: Any) -> Any: ...
 
     def pending(self) -> int: ...
-
-
-@dataclass(frozen=True, slots=True)
-class StepResult:
-    """One step on one rank. Losses are known only on the rank that holds the last stage.
-
-    ``start`` and ``end`` are ``time.perf_counter()`` readings (one clock for every process of
-    a host) around the rank's program; ``peak_activation_bytes`` is the most
-    activation memory its pending microbatches held at once (0 unless measured);
-    ``trace`` holds, when recorded, ``(action, begin, ready, end)`` in seconds from the step's
-    start: ``ready`` is when its input had arrived (so ``end - ready`` is the pass itself).
-    """
-
-    rank: int
-    losses: tuple[float, ...] | None
-    start: float
-    end: float
-    peak_activation_bytes: int = 0
-    trace: tuple[tuple[str, float, float, float], ...] = ()
-
-    @property
-    def seconds(self) -> float:
-        """This rank's wall time for the step."""
-        return self.end - self.start
-
-    @property
-    def loss(self) -> float | None:
-        """The batch loss: the mean over microbatches (None off the loss rank)."""
-        return None if self.losses is None else sum(self.losses) / len(self.losses)
-
-
-@dataclass(slots=True)
-class _StepState:
-    """What one step carries from pass to pass on this rank."""
-
-    inputs: list[torch.Tensor]
-    targets: list[torch.Tensor | None]
-    scale: float  # each microbatch's loss is scaled by 1/m, so gradients are the batch mean's
-    start: float
-    posted: dict[Transfer, tuple[Any, torch.Tensor]] = field(default_factory=dict)  # receives
-    outbox: dict[Transfer, torch.Tensor] = field(default_factory=dict)  # outputs to send
-    local: dict[tuple[Payload, int, int], torch.Tensor] = field(default_factory=dict)  # V turn
-    batch: list[tuple[Comm, Post]] = field(default_factory=list)  # queued, not yet posted
-    sends: list[tuple[Any, Comm, torch.Tensor]] = field(default_factory=list)  # in flight
-    losses: dict[int, torch.Tensor] = field(default_factory=dict)
-    held: dict[tuple[int, int], int] = field(default_factory=dict)  # (stage, mb) -> bytes
-    live: int = 0
-    peak: int = 0
-    trace: list[tuple[str, float, float, float]] = field(default_factory=list)
-    ready: float = 0.0  # when the running pass's input arrived
-    peer: tuple[int, str] | None = None  # the rank and message this rank is blocked on
 
 
 def check_stages(schedule: Schedule, rank: int, stages: Mapping[int, Any]) -> None:
@@ -158,6 +110,9 @@ class Executor:
         device: torch.device | str | None = None,
         measure_memory: bool = False,
         record: bool = False,
+        count_tokens: Callable[[Any], Any] | None = None,
+        ties: Sequence[Sequence[tuple[int, str]]] | None = None,
+        check_ties: bool = True,
     ) -> None:
         import torch.distributed as dist
 
@@ -180,6 +135,7 @@ class Executor:
         uses_b = {a.stage for a in schedule.programs[rank] if a.kind is Pass.B}
         modules = {s: m for s, m in stages.items() if isinstance(m, nn.Module)}
         tied = shared_parameters(modules)
+        self.count_tokens = count_tokens
         self.runners: dict[int, StageRunner] = {}
         for s, m in stages.items():
             if isinstance(m, nn.Module):
@@ -198,41 +154,107 @@ class Executor:
         self.measure_memory = measure_memory
         self.record = record
         self._param_ptrs = {p.data_ptr() for p in params}
-        self._meta: dict[int, tuple[tuple[int, ...], torch.dtype]] = {}  # stage -> its input
-        self._mb_shape: tuple[int, ...] = ()
+        self.ties: TiedGrads | None = None
+        if modules and spec.num_ranks > 1:
+            self.ties = TiedGrads.build(spec, rank, modules, ties, check_ties, group)
+        self._meta: dict[int, Wire] = {}  # stage -> what enters it
+        self._key: Any = None  # the shapes the handshake agreed for
         self.steps = 0
 
     # -- public ------------------------------------------------------------------------------
 
-    def step(self, batch: torch.Tensor, targets: torch.Tensor | None) -> StepResult:
+    def step(self, batch: Any, targets: Any = None, side: Mapping[str, Any] | None = None
+             ) -> StepResult:
         """One training step over ``batch`` split into m microbatches along dim 0.
 
-        Every rank may pass the whole batch; only stage 0 reads ``batch`` and only the last
-        stage reads ``targets``.
+        ``batch`` is a tensor or a structure of them (:mod:`pipeblocks.runtime.tree`);
+        ``side`` names tensors split per microbatch the same way and given to the stages that
+        ask for them (attention masks, position ids). Every rank passes a batch, targets and
+        side inputs of the same shapes (the whole batch is simplest): only stage 0 reads
+        ``batch`` and only the last stage reads ``targets``, but when the shapes change
+        between steps (a new sequence length) every rank agrees on them again.
         """
-        m = self.spec.num_microbatches
-        inputs = _split(batch, m, "batch")
-        tgts: list[torch.Tensor | None] = (
-            list(_split(targets, m, "targets")) if targets is not None else [None] * m)
+        st = self._prepare(batch, targets, side)
         if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)
-        if not self._mb_shape:
-            self._handshake(inputs[0])
-            self._mb_shape = tuple(inputs[0].shape)
-        elif tuple(inputs[0].shape) != self._mb_shape:
-            raise SpecError(
-                f"microbatches of shape {tuple(inputs[0].shape)} but the first step agreed on "
-                f"{self._mb_shape}; every step needs the same batch size (drop the last, "
-                f"partial batch)"
-            )
-        st = _StepState(inputs, tgts, 1.0 / m, time.perf_counter())
         losses = self._run(st)
+        if self.ties is not None:
+            self._where("the all-reduce of tied parameters' gradients")
+            self.ties.reduce()
         if self.optimizer is not None:
             self._where("optimizer step")
             self.optimizer.step()
         self.steps += 1
+        return self._result(st, losses)
+
+    def eval(self, batch: Any, targets: Any = None, side: Mapping[str, Any] | None = None
+             ) -> StepResult:
+        """A forward-only step: the losses, no gradients, no activations kept."""
+        st = self._prepare(batch, targets, side)
+        st.evaluate = True
+        with torch.no_grad():
+            losses = self._run(st)
+        return self._result(st, losses)
+
+    def parameters(self) -> list[nn.Parameter]:
+        """This rank's parameters, each once (a weight tied between its stages too)."""
+        return unique_parameters(r.module for r in self.runners.values() if isinstance(r, Stage))
+
+    def zero_grad(self) -> None:
+        """Drop every gradient of this rank's parameters (``.grad = None``)."""
+        for p in self.parameters():
+            p.grad = None
+
+    def clip_grad_norm_(self, max_norm: float) -> float:
+        """Scale every gradient of the pipeline so that their global 2-norm (over every stage
+        on every rank, a tied weight counted once) is at most ``max_norm``, as
+        ``torch.nn.utils.clip_grad_norm_`` does on the whole model; returns the norm before.
+        Every rank calls it (one all-reduce)."""
+        return clip_grad_norm(self.parameters(), max_norm, self.ties, self.device, self.p2p)
+
+    def _check_count(self, st: _StepState, j: int, runner: Any) -> None:
+        count = getattr(runner, "last_count", None)
+        if st.evaluate or count is None and self.count_tokens is None:
+            return
+        if count is None or self.count_tokens is None:
+            raise SpecError(
+                "a token-mean loss needs both: the loss function returning (sum, count) and "
+                "Executor(count_tokens=fn) giving each microbatch's count from its targets "
+                f"(got count_tokens={self.count_tokens!r}, a loss count of {count}); pass both "
+                "or neither")
+        if count != st.counts[j]:
+            raise SpecError(
+                f"microbatch {j}: the loss counted {count} tokens but count_tokens gave "
+                f"{st.counts[j]}; they must agree (the scale 1/total is set before the passes)")
+
+    def _prepare(self, batch: Any, targets: Any, side: Mapping[str, Any] | None) -> _StepState:
+        m = self.spec.num_microbatches
+        inputs = split_tree(batch, m, "batch")
+        tgts = split_tree(targets, m, "targets") if targets is not None else [None] * m
+        sides: list[dict[str, Any]] = [{} for _ in range(m)]
+        for name, value in (side or {}).items():
+            for j, part in enumerate(split_tree(value, m, f"side input '{name}'")):
+                sides[j][name] = part
+        key = _shapes((inputs[0], sides[0]))
+        if key != self._key:  # the first step, or shapes changed: agree on them again
+            self._handshake(inputs[0], sides[0])
+            self._key = key
+        st = _StepState(inputs, tgts, sides, 1.0 / m, time.perf_counter())
+        last = self.spec.num_stages - 1
+        if self.count_tokens is not None and last in self.runners:
+            for j, t in enumerate(tgts):
+                st.counts[j] = int(self.count_tokens(t))
+            st.scale = 1.0 / max(1, sum(st.counts.values()))
+        return st
+
+    def _result(self, st: _StepState, losses: tuple[float, ...] | None) -> StepResult:
+        weights: tuple[float, ...] = ()
+        if losses is not None and st.counts:
+            total = max(1, sum(st.counts.values()))
+            weights = tuple(st.counts[j] / total for j in range(len(losses)))
+            losses = tuple(x / max(1, st.counts[j]) for j, x in enumerate(losses))
         return StepResult(self.rank, losses, st.start, time.perf_counter(), st.peak,
-                          tuple(st.trace))
+                          tuple(st.trace), weights)
 
     # -- the program -------------------------------------------------------------------------
     # One step walks this rank's lowered ops in order: a run of send/recv ops is queued and
@@ -244,13 +266,16 @@ class Executor:
         try:
             for op in self.program:
                 if isinstance(op, Comm):
-                    self._queue(st, op)
+                    if not (st.evaluate and op.transfer.payload is Payload.GRAD):
+                        self._queue(st, op)
                     continue
                 self._flush(st)
                 self._where(str(op))
                 t0 = st.ready = time.perf_counter()
                 if op.kind is Pass.F:
                     self._forward(st, op)
+                elif st.evaluate:
+                    continue
                 elif op.kind is Pass.W:
                     self._weight(st, op)
                 else:
@@ -272,16 +297,22 @@ class Executor:
     def _forward(self, st: _StepState, a: Action) -> None:
         s, j, runner = a.stage, a.mb, self.runners[a.stage]
         x = st.inputs[j] if s == 0 else self._inbound(st, Payload.ACT, s - 1, s, j)
-        if self.measure_memory:
+        if st.evaluate:
+            out = runner.evaluate(x, st.targets[j], st.side[j])  # type: ignore[attr-defined]
+        elif self.measure_memory:
             with _saved_bytes(self._param_ptrs) as counter:
-                out = runner.forward(j, x, st.targets[j], st.scale)
+                out = runner.forward(j, x, st.targets[j], st.scale, side=st.side[j])
             st.held[(s, j)] = counter[0]
             st.live += counter[0]
             st.peak = max(st.peak, st.live)
         else:
-            out = runner.forward(j, x, st.targets[j], st.scale)
+            out = runner.forward(j, x, st.targets[j], st.scale, side=st.side[j])
         if s == self.spec.num_stages - 1:
+            if isinstance(out, tuple):  # evaluate with a (sum, count) loss
+                out, count = out
+                st.counts[j] = int(count)
             st.losses[j] = out
+            self._check_count(st, j, runner)
         else:
             self._outbound(st, Transfer(Payload.ACT, s, s + 1, j), out)
 
@@ -297,7 +328,10 @@ class Executor:
             st.live -= st.held.pop((s, j), 0)
         if s > 0:
             assert gx is not None
-            self._outbound(st, Transfer(Payload.GRAD, s, s - 1, j), gx)
+            wire = self._meta[s]
+            if wire.structure == ["leaf"]:  # a bare tensor: B returned its gradient
+                gx = [gx] if wire.leaves[0][2] else []
+            self._outbound(st, Transfer(Payload.GRAD, s, s - 1, j), list(gx))
 
     def _weight(self, st: _StepState, a: Action) -> None:
         self.runners[a.stage].backward_weight(a.mb)
@@ -305,49 +339,70 @@ class Executor:
 
     # -- transfers ---------------------------------------------------------------------------
 
-    def _inbound(self, st: _StepState, payload: Payload, src: int, dst: int, j: int
-                 ) -> torch.Tensor:
-        """The tensor a pass needs: handed over in memory (the V turn) or received."""
+    def _inbound(self, st: _StepState, payload: Payload, src: int, dst: int, j: int) -> Any:
+        """What a pass needs: handed over in memory (the V turn) or received (the input
+        rebuilt from its tensors, or the list of gradients)."""
         if self.spec.rank_of(src) == self.rank:
             return st.local.pop((payload, src, j))
         t = Transfer(payload, src, dst, j)
-        work, buf = st.posted.pop(t)
+        posted = st.posted.pop(t)
         peer = self.spec.rank_of(src)
         what = f"{t} from rank {peer}"
         st.peer = (peer, what)
         with self._waiting(what, peer):
-            work.wait()
+            for work, _ in posted:
+                work.wait()
         st.peer = None
         st.ready = time.perf_counter()
-        return buf
+        bufs = [buf for _, buf in posted]
+        if payload is Payload.GRAD:
+            return bufs
+        wire = self._meta[dst]
+        for buf, (_, _, g) in zip(bufs, wire.leaves, strict=True):
+            buf.requires_grad_(g and not st.evaluate)
+        return unflatten(wire.structure, bufs)
 
-    def _outbound(self, st: _StepState, t: Transfer, tensor: torch.Tensor) -> None:
+    def _outbound(self, st: _StepState, t: Transfer, out: Any) -> None:
         """Hand a pass's output on: in memory to a stage on this rank, else to its send op."""
         if self.spec.rank_of(t.dst_stage) == self.rank:
-            st.local[(t.payload, t.src_stage, t.mb)] = tensor
+            st.local[(t.payload, t.src_stage, t.mb)] = out
+        elif t.payload is Payload.GRAD:
+            st.outbox[t] = [g.detach() for g in out]
         else:
-            st.outbox[t] = tensor
+            leaves, structure = flatten(out, f"stage {t.src_stage}'s output")
+            wire = self._meta[t.dst_stage]
+            if structure != wire.structure or len(leaves) != len(wire.leaves):
+                raise SpecError(
+                    f"stage {t.src_stage} returned {structure} for microbatch {t.mb} but the "
+                    f"handshake agreed on {wire.structure}; a stage must return the same "
+                    f"structure for every microbatch of a step")
+            st.outbox[t] = [x.detach() for x in leaves]
 
     def _queue(self, st: _StepState, c: Comm) -> None:
         t = c.transfer
         if c.op is CommOp.SEND:
-            tensor = st.outbox.pop(t)
+            tensors = st.outbox.pop(t)
         else:
-            shape, dtype = self._meta[t.dst_stage if t.payload is Payload.ACT else t.src_stage]
-            tensor = torch.empty(shape, dtype=dtype, device=self.device)
-        st.batch.append((c, Post(c.op, tensor, c.peer, tag_of(t, self.spec.num_stages))))
+            wire = self._meta[t.dst_stage if t.payload is Payload.ACT else t.src_stage]
+            metas = wire.grads if t.payload is Payload.GRAD else [
+                (sh, dt) for sh, dt, _ in wire.leaves]
+            tensors = [torch.empty(sh, dtype=dt, device=self.device) for sh, dt in metas]
+        S = self.spec.num_stages
+        st.batch.append((c, [Post(c.op, x, c.peer, tag_of(t, S, k))
+                             for k, x in enumerate(tensors)]))
 
     def _flush(self, st: _StepState) -> None:
         """Post the queued run of sends and receives as one batch."""
         if not st.batch:
             return
         assert self.p2p is not None
-        works = self.p2p.post([post for _, post in st.batch])
-        for (c, post), work in zip(st.batch, works, strict=True):
+        works = iter(self.p2p.post([post for _, posts in st.batch for post in posts]))
+        for c, posts in st.batch:
+            got = [(next(works), post.tensor) for post in posts]
             if c.op is CommOp.SEND:
-                st.sends.append((work, c, post.tensor))  # the tensor lives until sent
+                st.sends.extend((work, c, x) for work, x in got)  # tensors live until sent
             else:
-                st.posted[c.transfer] = (work, post.tensor)
+                st.posted[c.transfer] = got
         st.batch.clear()
 
     def _complete_sends(self, st: _StepState) -> None:
@@ -361,11 +416,11 @@ class Executor:
 
     # -- shapes ------------------------------------------------------------------------------
 
-    def _handshake(self, first_input: torch.Tensor) -> None:
+    def _handshake(self, first_input: Any, side: Mapping[str, Any]) -> None:
         self._where("the shape handshake")
         try:
-            self._meta = agree_shapes(self.spec, self.rank, self.runners, first_input, self.p2p,
-                                      self.device, self._waiting)
+            self._meta = agree_shapes(self.spec, self.rank, self.runners, first_input, side,
+                                      self.p2p, self.device, self._waiting)
             log.debug("rank %d: tensors entering its stages and the next: %s", self.rank,
                       self._meta)
         except RankFailure:
@@ -403,30 +458,3 @@ class Executor:
         if self.guard is None:
             return contextlib.nullcontext()
         return self.guard.waiting(what, peer)
-
-
-def _split(t: torch.Tensor, m: int, what: str) -> list[torch.Tensor]:
-    if t.shape[0] % m:
-        raise SpecError(
-            f"the {what} of {t.shape[0]} rows does not split into {m} equal microbatches; use a "
-            f"batch size that is a multiple of {m}"
-        )
-    return list(t.chunk(m, dim=0))
-
-
-@contextlib.contextmanager
-def _saved_bytes(skip: set[int]) -> Iterator[list[int]]:
-    """Count the bytes autograd saves in the block (each storage once, parameters excluded)."""
-    counter = [0]
-    seen: set[int] = set()
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr not in seen and ptr not in skip:
-            seen.add(ptr)
-            counter[0] += storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        yield counter

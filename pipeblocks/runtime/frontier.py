@@ -36,6 +36,7 @@ any part of the graph left unseen could route a gradient to another parameter.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -105,6 +106,8 @@ class Shape:
     direct: tuple[tuple[int, Kernel, tuple[nn.Parameter, ...]], ...]
     custom: str
     linked: bool
+    loose: tuple[int, ...] = ()  # roots (by position) off the input path reaching parameters
+    loose_tops: tuple[int, ...] = ()  # the same as positions among the graph's tops
 
 
 @dataclass(slots=True)
@@ -136,18 +139,29 @@ class Planner:
         self.misses = 0
         self._shapes: dict[tuple[Hashable, ...], Shape] = {}
 
-    def plan(self, root: torch.Tensor, inp: torch.Tensor) -> Plan:
-        """The frontier between ``root``'s graph and the leaf ``inp`` (see the note "plan cache")."""
-        top = root.grad_fn
-        if top is None:
+    def plan(self, root: torch.Tensor | Sequence[torch.Tensor],
+             inp: torch.Tensor | Sequence[torch.Tensor]) -> Plan:
+        """The frontier between the graph of ``root`` (one tensor or several) and the leaves
+        ``inp`` (one or several; see the note "plan cache")."""
+        roots = [root] if isinstance(root, torch.Tensor) else list(root)
+        inps = {id(t) for t in ([inp] if isinstance(inp, torch.Tensor) else inp)}
+        tops: list[Node] = []
+        for r in roots:
+            if r.grad_fn is not None and r.grad_fn not in tops:
+                tops.append(r.grad_fn)
+        if not tops:
             return Plan([], _UNLINKED)
-        nodes, sig = _walk(top, inp, self.param_ids)
+        nodes, sig = _walk(tops, inps, self.param_ids)
+        sig.extend(tops.index(r.grad_fn) if r.grad_fn is not None else -1 for r in roots)
         key = tuple(sig)
         shape = self._shapes.get(key)
         if shape is None:
             self.misses += 1
-            shape = _analyse(top, inp, self.param_ids, {n: i for i, n in enumerate(nodes)},
+            shape = _analyse(tops, inps, self.param_ids, {n: i for i, n in enumerate(nodes)},
                              self.direct)
+            loose = tuple(k for k, r in enumerate(roots)
+                          if r.grad_fn is not None and r.grad_fn in _loose_nodes(shape, tops))
+            shape = dataclasses.replace(shape, loose=loose, loose_tops=())
             if len(self._shapes) >= self.capacity:
                 del self._shapes[next(iter(self._shapes))]
             self._shapes[key] = shape
@@ -156,18 +170,23 @@ class Planner:
         return Plan([_edge(nodes[i], k) for i, k in shape.slots], shape)
 
 
-def _walk(top: Node, inp: torch.Tensor, param_ids: set[int]) -> tuple[list[Node], list[Hashable]]:
-    """Every node below ``top`` in breadth-first order, and the graph's signature.
+def _loose_nodes(shape: Shape, tops: list[Node]) -> set[Node]:
+    return {tops[i] for i in shape.loose_tops}
+
+
+def _walk(tops: list[Node], inps: set[int], param_ids: set[int]
+          ) -> tuple[list[Node], list[Hashable]]:
+    """Every node below ``tops`` in breadth-first order, and the graph's signature.
 
     The signature lists, node by node in that order, its type and then each child as
     (position, input slot), or None for a missing edge; a leaf (``AccumulateGrad``, which has
     no children) is followed by the ``id`` of its tensor if that is a parameter, -1 if it is
-    ``inp``, -2 otherwise (the analysis treats all other leaves alike). It determines the
-    graph up to the node objects: positions follow from the order.
+    one of ``inps``, -2 otherwise (the analysis treats all other leaves alike). It determines
+    the graph up to the node objects: positions follow from the order.
     """
-    nodes = [top]
-    pos = {top: 0}
-    sig: list[Hashable] = []
+    nodes = list(tops)
+    pos = {t: i for i, t in enumerate(tops)}
+    sig: list[Hashable] = [len(tops)]
     append, acc = sig.append, _ACC_TYPE
     for node in nodes:  # grows while it is read: a breadth-first queue
         kind = type(node)
@@ -175,7 +194,7 @@ def _walk(top: Node, inp: torch.Tensor, param_ids: set[int]) -> tuple[list[Node]
         if kind is acc:
             var = node.variable  # type: ignore[attr-defined]
             key = id(var)
-            append(key if key in param_ids else -1 if var is inp else -2)
+            append(key if key in param_ids else -1 if key in inps else -2)
             continue
         for child, slot in node.next_functions:
             if child is None:
@@ -191,9 +210,10 @@ def _walk(top: Node, inp: torch.Tensor, param_ids: set[int]) -> tuple[list[Node]
 
 
 def _analyse(
-    top: Node, inp: torch.Tensor, param_ids: set[int], pos: dict[Node, int], own_w: bool = True
+    tops: list[Node], inps: set[int], param_ids: set[int], pos: dict[Node, int],
+    own_w: bool = True,
 ) -> Shape:
-    """Find the frontier of the graph below ``top``, by the positions ``pos`` of its nodes.
+    """Find the frontier of the graph below ``tops``, by the positions ``pos`` of its nodes.
 
     One post-order pass: a node is *on the path* when it leads to ``inp``; a node off the
     path *reaches* the parameters below it. A node on the path with a child off the path that
@@ -201,7 +221,8 @@ def _analyse(
     nodes below it on the path, so a frontier node never sits on the input path of another
     one of its level. Frontier nodes whose parameter sets overlap merge into one group. With
     ``own_w``, a single-node group of a plain kind gets its direct recipe
-    (:func:`pipeblocks.runtime.direct.recipe`) and no level.
+    (:func:`pipeblocks.runtime.direct.recipe`) and no level. A top off the path that reaches
+    parameters is *loose*: W starts from it.
     """
     seen: dict[Node, tuple[bool, int, frozenset[int]]] = {}  # on path, level, reach
     front: dict[Node, frozenset[int]] = {}
@@ -220,9 +241,9 @@ def _analyse(
             key = id(var)
             if key in param_ids:
                 params[key] = var
-                got = (var is inp, 0, frozenset((key,)))
+                got = (key in inps, 0, frozenset((key,)))
             else:
-                got = (var is inp, 0, empty)
+                got = (key in inps, 0, empty)
             seen[node] = got
             return got
         if isinstance(node, _CUSTOM):
@@ -250,7 +271,7 @@ def _analyse(
         return got
 
     try:
-        linked = visit(top)[0]
+        linked = any([visit(top)[0] for top in tops])
     except RecursionError:
         seen.clear()
         front.clear()
@@ -258,9 +279,10 @@ def _analyse(
         limit = sys.getrecursionlimit()
         sys.setrecursionlimit(max(limit, 1_000_000))
         try:
-            linked = visit(top)[0]
+            linked = any([visit(top)[0] for top in tops])
         finally:
             sys.setrecursionlimit(limit)
+    loose = tuple(i for i, top in enumerate(tops) if not seen[top][0] and seen[top][2])
     visit = None  # type: ignore[assignment]  # break the closure's cycle: free the graph now
     # merge frontier nodes that share parameters (union by parameter owner)
     owner: dict[int, int] = {}
@@ -311,6 +333,7 @@ def _analyse(
         tuple(direct),
         custom[0] if custom else "",
         linked,
+        loose_tops=loose,
     )
 
 

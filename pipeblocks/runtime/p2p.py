@@ -8,14 +8,15 @@ in posting order, which the lowering keeps FIFO-consistent per rank pair
 
     >>> from pipeblocks.ir.lowering import Payload, Transfer
     >>> tag_of(Transfer(Payload.ACT, 2, 3, 5), num_stages=8)
-    84
-    >>> tag_of(Transfer(Payload.GRAD, 3, 2, 5), num_stages=8)
-    87
+    2688
+    >>> tag_of(Transfer(Payload.GRAD, 3, 2, 5), num_stages=8, leaf=1)
+    2785
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,9 +29,10 @@ import torch.distributed as dist
 from pipeblocks.errors import SpecError
 from pipeblocks.ir.lowering import CommOp, Payload, Transfer
 from pipeblocks.ir.spec import PipelineSpec
+from pipeblocks.runtime.tree import flatten, unflatten
 
 __all__ = ["tag_of", "handshake_tag", "Post", "P2P", "encode_meta", "decode_meta", "META_LEN",
-           "Meta", "agree_shapes", "one_way_ms"]
+           "Meta", "Wire", "agree_shapes", "one_way_ms", "MAX_LEAVES"]
 
 Meta = tuple[tuple[int, ...], torch.dtype]  # shape and dtype of a tensor between stages
 Waiting = Callable[[str, int], contextlib.AbstractContextManager[None]]
@@ -40,15 +42,19 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.in
 META_LEN = 10  # ndim, dtype code, up to 8 dims
 
 
-def tag_of(transfer: Transfer, num_stages: int) -> int:
-    """A tag unique to the transfer within a step: (mb * S + src_stage) * 2 + payload."""
+MAX_LEAVES = 32  # tensors per transfer: the tags of one transfer's tensors are consecutive
+
+
+def tag_of(transfer: Transfer, num_stages: int, leaf: int = 0) -> int:
+    """A tag unique to one tensor of a transfer within a step:
+    ((mb * S + src_stage) * 2 + payload) * MAX_LEAVES + leaf."""
     bit = 0 if transfer.payload is Payload.ACT else 1
-    return (transfer.mb * num_stages + transfer.src_stage) * 2 + bit
+    return ((transfer.mb * num_stages + transfer.src_stage) * 2 + bit) * MAX_LEAVES + leaf
 
 
 def handshake_tag(stage: int, num_stages: int, num_microbatches: int) -> int:
     """Tag of the shape message for the activation entering ``stage`` (above every step tag)."""
-    return 2 * num_stages * num_microbatches + stage
+    return 2 * num_stages * num_microbatches * MAX_LEAVES + stage
 
 
 def encode_meta(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
@@ -117,29 +123,80 @@ class P2P:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class Wire:
+    """What enters a stage: the structure (:mod:`pipeblocks.runtime.tree`) and, per tensor,
+    its shape, dtype and whether a gradient goes back for it."""
+
+    structure: Any
+    leaves: tuple[tuple[tuple[int, ...], torch.dtype, bool], ...]
+
+    @property
+    def grads(self) -> tuple[tuple[tuple[int, ...], torch.dtype], ...]:
+        """Shape and dtype of each gradient going back, in order."""
+        return tuple((shape, dtype) for shape, dtype, g in self.leaves if g)
+
+    def encode(self) -> torch.Tensor:
+        """A fixed-size uint8 tensor (JSON) holding the wire, to send."""
+        text = json.dumps([self.structure, [[list(sh), _DTYPES.index(dt), g]
+                                            for sh, dt, g in self.leaves]]).encode()
+        if len(text) > WIRE_BYTES:
+            raise SpecError(f"the structure between stages takes {len(text)} bytes to describe "
+                            f"(at most {WIRE_BYTES}); return fewer tensors")
+        return torch.frombuffer(bytearray(text.ljust(WIRE_BYTES)), dtype=torch.uint8).clone()
+
+    @staticmethod
+    def decode(buf: torch.Tensor) -> Wire:
+        structure, leaves = json.loads(bytes(buf.cpu().tolist()).decode().rstrip())
+        return Wire(structure, tuple((tuple(sh), _DTYPES[c], bool(g)) for sh, c, g in leaves))
+
+    @staticmethod
+    def of(x: Any, stage: int) -> Wire:
+        """The wire of ``x`` (detached leaves requiring grad where a gradient goes back)."""
+        leaves, structure = flatten(x, f"stage {stage}'s output")
+        if len(leaves) > MAX_LEAVES:
+            raise SpecError(f"stage {stage} returns {len(leaves)} tensors; at most {MAX_LEAVES} "
+                            f"travel between stages (pack them into fewer tensors)")
+        for t in leaves:
+            if t.dtype not in _DTYPES:
+                raise SpecError(f"stage {stage} returns a {t.dtype} tensor, which cannot be sent "
+                                f"between stages; use one of {_DTYPES}")
+        return Wire(structure, tuple((tuple(t.shape), t.dtype, bool(t.requires_grad))
+                                     for t in leaves))
+
+    def zeros(self, device: torch.device) -> Any:
+        """A stand-in input of this wire (zeros; leaves with a gradient require grad)."""
+        return unflatten(self.structure, [
+            torch.zeros(sh, dtype=dt, device=device).requires_grad_(g) for sh, dt, g in self.leaves])
+
+
+WIRE_BYTES = 4096
+
+
 def agree_shapes(
     spec: PipelineSpec,
     rank: int,
     runners: Mapping[int, Any],
-    first_input: torch.Tensor,
+    first_input: Any,
+    side: Mapping[str, Any],
     p2p: P2P | None,
     device: torch.device,
     waiting: Waiting,
-) -> dict[int, Meta]:
-    """The shape and dtype entering each stage of this rank, and leaving it (the next stage's).
+) -> dict[int, Wire]:
+    """The :class:`Wire` entering each stage of this rank, and leaving it (the next stage's).
 
     Each rank takes its stages in forward order: it learns a stage's input (from the
     microbatch, from its own previous stage, or from a message of the previous stage's rank),
-    runs the stage once without grad to learn its output, and sends that on. Sends are
+    runs the stage once to learn its output (nothing kept), and sends that on. Sends are
     non-blocking and every receive waits only on a smaller stage, so this cannot lock.
-    Gradients have the shape of the activation they belong to.
+    Gradients have the shape of the tensors they belong to.
     """
     S, m = spec.num_stages, spec.num_microbatches
     if p2p is not None and p2p.batched:
         # NCCL: the first batched P2P of a group must not be its first call; one collective
         # that every rank joins sets the communicator up
         dist.barrier(group=p2p.group)
-    meta: dict[int, Meta] = {}
+    meta: dict[int, Wire] = {}
     sends = []
     for s in sorted(runners):
         if s == 0:
@@ -148,19 +205,19 @@ def agree_shapes(
             src = spec.rank_of(s - 1)
             if src != rank:
                 assert p2p is not None
-                buf = torch.empty(META_LEN, dtype=torch.int64, device=device)
+                buf = torch.empty(WIRE_BYTES, dtype=torch.uint8, device=device)
                 (work,) = p2p.post([Post(CommOp.RECV, buf, src, handshake_tag(s, S, m))])
                 with waiting(f"the shape of stage {s}'s input from rank {src}", src):
                     work.wait()
-                meta[s] = decode_meta(buf)
-            x = torch.zeros(meta[s][0], dtype=meta[s][1], device=device)
+                meta[s] = Wire.decode(buf)
+            x = meta[s].zeros(device)
         if s == S - 1:
             continue
-        meta[s + 1] = _out_meta(runners[s], s, x)
+        meta[s + 1] = Wire.of(_probe(runners[s], x, side), s)
         dst = spec.rank_of(s + 1)
         if dst != rank:
             assert p2p is not None
-            t = encode_meta(*meta[s + 1]).to(device)  # NCCL sends device tensors only
+            t = meta[s + 1].encode().to(device)  # NCCL sends device tensors only
             sends += [(w, t) for w in p2p.post([Post(CommOp.SEND, t, dst, handshake_tag(s + 1, S, m))])]
     for work, _ in sends:
         with waiting("a shape message to be received", -1):
@@ -168,15 +225,11 @@ def agree_shapes(
     return meta
 
 
-def _out_meta(runner: Any, stage: int, x: torch.Tensor) -> Meta:
-    if hasattr(runner, "out_meta"):  # an emulated stage knows it
-        return runner.out_meta(x)  # type: ignore[no-any-return]
-    with torch.no_grad():
-        out = runner.module(x)
-    if not isinstance(out, torch.Tensor):
-        raise SpecError(f"stage {stage} returned {type(out).__name__}; a stage maps one tensor "
-                        f"to one tensor")
-    return tuple(out.shape), out.dtype
+def _probe(runner: Any, x: Any, side: Mapping[str, Any]) -> Any:
+    if hasattr(runner, "out_meta"):  # an emulated stage knows its output
+        shape, dtype = runner.out_meta(x)
+        return torch.zeros(shape, dtype=dtype).requires_grad_(dtype.is_floating_point)
+    return runner.probe(x, side)
 
 
 def one_way_ms(shape: Sequence[int], reps: int = 25, device: torch.device | str = "cpu") -> float:

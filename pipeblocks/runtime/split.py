@@ -24,8 +24,9 @@ from collections.abc import Sequence
 from torch import nn
 
 from pipeblocks.errors import SpecError
+from pipeblocks.runtime.ties import find_ties
 
-__all__ = ["even_layout", "ends_layout", "split"]
+__all__ = ["even_layout", "ends_layout", "split", "layers_of"]
 
 
 def even_layout(num_parts: int, num_stages: int) -> tuple[int, ...]:
@@ -59,7 +60,7 @@ def split(
     layout: Sequence[int] | None = None,
 ) -> list[nn.Sequential]:
     """The stages as ``nn.Sequential``s of consecutive parts (the modules are shared, not copied)."""
-    parts = list(model)
+    parts = layers_of(model)
     counts = even_layout(len(parts), num_stages) if layout is None else tuple(layout)
     if len(counts) != num_stages:
         raise SpecError(
@@ -77,4 +78,18 @@ def split(
     for c in counts:
         stages.append(nn.Sequential(*parts[start : start + c]))
         start += c
+    ties = find_ties(stages)
+    for st in stages:  # every stage knows every tie: the executor sums their gradients
+        st.pipeblocks_ties = ties
     return stages
+
+
+def layers_of(model: nn.Sequential | Sequence[nn.Module]) -> list[nn.Module]:
+    """The model's layers in forward order, or an error saying how to give them."""
+    if isinstance(model, (nn.Sequential, nn.ModuleList)) or (
+            isinstance(model, (list, tuple)) and all(isinstance(m, nn.Module) for m in model)):
+        return list(model)
+    raise SpecError(
+        f"split takes a sequence of layers (nn.Sequential, nn.ModuleList or a list of modules) "
+        f"but got {type(model).__name__}; list the model's layers in forward order (for a "
+        f"HuggingFace decoder use pipeblocks.models.hf.decoder_layers)")

@@ -54,29 +54,39 @@ effects included).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from pipeblocks.errors import PipeblocksError
 from pipeblocks.runtime.frontier import Plan, Planner, WeightPass, engine_backward
+from pipeblocks.runtime.tree import call, flatten, unfilled, unflatten, wanted_side
 
 __all__ = ["Stage", "LossFn", "shared_parameters"]
 
 log = logging.getLogger(__name__)
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LossFn = Callable[[Any, Any], Any]  # (output, target) -> loss, or (sum, count)
+
+
+class SideInputError(PipeblocksError, KeyError):
+    """A stage asks for a side input that the batch does not give."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 @dataclass(slots=True)
 class _Segment:
     """One segment's graph for one microbatch (see the note "segments")."""
 
-    inp: torch.Tensor | None  # the leaf B differentiates to; None if nothing flows below
-    root: torch.Tensor | None  # output (or the scaled loss); dropped after B
-    grad_out: torch.Tensor | None = None  # unlinked segment: what W starts from
+    ins: list[torch.Tensor]  # the leaves B differentiates to (the inputs that need a gradient)
+    roots: list[torch.Tensor]  # outputs that need a gradient (or the scaled loss); dropped by B
+    w_roots: list[torch.Tensor] = field(default_factory=list)  # what W starts from itself:
+    w_grads: list[torch.Tensor | None] = field(default_factory=list)  # unlinked or loose roots
     plan: Plan | None = None
     captured: tuple[torch.Tensor | None, ...] = ()
 
@@ -85,12 +95,21 @@ class _Segment:
 class _Pending:
     segments: list[_Segment]
     b_done: bool = False
+    bare: bool = True  # the stage input was one tensor: B returns a tensor, not a list
+
+
+Grad = torch.Tensor | Sequence[torch.Tensor | None] | None
 
 
 class Stage:
     """Stage ``stage`` of ``num_stages`` wrapping ``module``; ``loss_fn`` serves the last one.
 
     ``split=False`` makes B the fused backward and W a no-op; ``unsplit_reason`` is logged.
+
+    The input may be a tensor or a tuple, list or dict of tensors (:mod:`pipeblocks.runtime.
+    tree`); a floating leaf that requires grad (or a bare floating tensor, on any stage but
+    the first) gets a gradient. B takes the gradients of the outputs that require grad, in
+    order (a tensor for one), and returns those of the inputs (a tensor for a bare input).
 
     ``direct``: W computes plain linear and layer-norm weight gradients itself
     (:mod:`pipeblocks.runtime.direct`). It sees the hooks registered on a parameter tensor,
@@ -126,6 +145,9 @@ class Stage:
         self._planners = [Planner(param_ids, direct=self.direct) for _ in self._parts]
         self._weight_pass = WeightPass()
         self._pending: dict[int, _Pending] = {}
+        self._side: dict[tuple[int, tuple[str, ...]], tuple[str, ...]] = {}
+        self._checked: set[tuple[int, int]] = set()
+        self.last_count: int | None = None  # the token count of the last loss (sum, count)
 
     @property
     def is_first(self) -> bool:
@@ -139,56 +161,66 @@ class Stage:
         """Microbatches whose activations are held (F done, W or BW not yet)."""
         return len(self._pending)
 
+    def side_inputs(self, available: Sequence[str]) -> set[str]:
+        """The side inputs among ``available`` that some part of this stage asks for."""
+        return {n for k, part in enumerate(self._parts) for n in self._wanted(k, part, available)}
+
+    def probe(self, x: Any, side: Mapping[str, Any] | None = None) -> Any:
+        """The output for input ``x`` with nothing kept (the shape handshake): detached
+        leaves, each requiring grad where the real output will."""
+        with torch.enable_grad():
+            out = self._run(self._entry(x, side), side or {}, [])
+        return _detached(out)
+
+    def evaluate(self, x: Any, target: Any = None, side: Mapping[str, Any] | None = None) -> Any:
+        """A forward with nothing kept (call it under ``torch.no_grad()``): the output, or on
+        the last stage the loss (or ``(sum, count)``)."""
+        out = self._run(x, side or {}, [])
+        if not self.is_last:
+            return _detached(out)
+        assert self.loss_fn is not None
+        loss = self.loss_fn(out, target)
+        return (loss[0].detach(), int(loss[1])) if isinstance(loss, tuple) else loss.detach()
+
     # -- passes ------------------------------------------------------------------------------
 
     def forward(
-        self, mb: int, x: torch.Tensor, target: torch.Tensor | None = None, scale: float = 1.0
-    ) -> torch.Tensor:
-        """F: the output (detached, to send on) or, on the last stage, the unscaled loss."""
+        self, mb: int, x: Any, target: Any = None, scale: float = 1.0,
+        side: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """F: the output (detached leaves, to send on) or, on the last stage, the unscaled
+        loss (a ``(sum, count)`` loss keeps its count in ``last_count``)."""
         if mb in self._pending:
             raise PipeblocksError(f"stage {self.stage}: F of microbatch {mb} ran twice")
         if self.is_last and (self.loss_fn is None or target is None):
             raise PipeblocksError(f"stage {self.stage} is the last: it needs loss_fn and targets")
-        parts = self._parts if self.split else [self.module]
-        segments = []
-        h: torch.Tensor = x
-        for k, part in enumerate(parts):
-            inp = None
-            if (k > 0 or not self.is_first) and h.is_floating_point() and (k == 0 or h.requires_grad):
-                inp = h.detach().requires_grad_(True)
-                h = inp
-            elif k > 0:
-                h = h.detach()
-            out = part(h)
-            if not isinstance(out, torch.Tensor):
-                raise PipeblocksError(
-                    f"stage {self.stage} (part {k}, {type(part).__name__}) returned "
-                    f"{type(out).__name__}; a pipeline stage maps one tensor to one tensor"
-                )
-            segments.append(_Segment(inp, out))
-            h = out
-        result = h.detach()
+        segments: list[_Segment] = []
+        h = self._run(self._entry(x, side), side or {}, segments)
+        result = _detached(h)
         if self.is_last:
-            assert self.loss_fn is not None and target is not None
+            assert self.loss_fn is not None
             loss = self.loss_fn(h, target)
+            self.last_count = None
+            if isinstance(loss, tuple):  # (sum, count): the caller's scale is 1 / total count
+                loss, count = loss
+                self.last_count = int(count)
             # one scaling per microbatch: the sum over microbatches of loss/m is the batch mean
-            segments[-1].root = loss * scale
+            segments[-1].roots = [loss * scale]
             result = loss.detach()
-        self._pending[mb] = _Pending(segments)
+        self._pending[mb] = _Pending(segments, bare=isinstance(x, torch.Tensor))
         return result
 
-    def backward_input(self, mb: int, grad_out: torch.Tensor | None) -> torch.Tensor | None:
+    def backward_input(self, mb: int, grad_out: Grad) -> Any:
         """B: the gradient w.r.t. the stage input (None on the first stage)."""
         st = self._get(mb, "B")
         if not self.split:
             return self._fused(mb, st, grad_out)
         plans: list[Plan | None] = []
         for seg, planner in zip(st.segments, self._planners, strict=True):
-            if seg.inp is None:
+            if not seg.ins or not seg.roots:
                 plans.append(None)
                 continue
-            assert seg.root is not None
-            found = planner.plan(seg.root, seg.inp)
+            found = planner.plan(seg.roots, seg.ins)
             if found.shape.custom:
                 self.split = False
                 self.unsplit_reason = (
@@ -197,24 +229,25 @@ class Stage:
                 self._warn(self.unsplit_reason)
                 return self._fused(mb, st, grad_out)
             plans.append(found)
-        g = grad_out
+        g = _grads(grad_out, self.is_last)
         for seg, plan in zip(reversed(st.segments), reversed(plans), strict=True):
+            every, g_out = seg.roots, g
+            roots, grads = _pairs(every, g)
+            ins, seg.roots, seg.ins = seg.ins, [], []
             if plan is None or not plan.shape.linked:
-                # nothing flows to this segment's input: W runs its whole backward
-                seg.grad_out = g
-                if seg.inp is None:
-                    g = None
-                    break
-                g = torch.zeros_like(seg.inp)
-                seg.inp = None
+                # nothing flows to this segment's inputs: W runs its whole backward
+                seg.w_roots, seg.w_grads = roots, grads
+                g = [torch.zeros_like(i) for i in ins]
                 continue
-            assert seg.root is not None and seg.inp is not None
-            out = engine_backward([seg.root], [g], [seg.inp, *plan.edges], accumulate=False)
-            g = out[0] if out[0] is not None else torch.zeros_like(seg.inp)
+            out = engine_backward(roots, grads, [*ins, *plan.edges], accumulate=False)
+            g = [o if o is not None else torch.zeros_like(i) for o, i in zip(out[: len(ins)], ins, strict=True)]
+            # roots that reach parameters but no input: W starts from them itself
+            seg.w_roots, seg.w_grads = _pairs([every[k] for k in plan.shape.loose],
+                                              [g_out[k] for k in plan.shape.loose])
             # the output side above the frontier is no longer needed
-            seg.plan, seg.captured, seg.root, seg.inp = plan, out[1:], None, None
+            seg.plan, seg.captured = plan, out[len(ins):]
         st.b_done = True
-        return None if self.is_first else g
+        return self._input_grad(st, g)
 
     def backward_weight(self, mb: int) -> None:
         """W: parameter gradients accumulated into ``.grad``; frees the microbatch."""
@@ -226,30 +259,77 @@ class Stage:
             raise PipeblocksError(f"stage {self.stage}: W of microbatch {mb} before its B")
         del self._pending[mb]
         for seg in st.segments:
-            if seg.root is not None and _can_backward(seg.root, seg.grad_out) and self._params:
-                engine_backward([seg.root], [seg.grad_out], self._params, accumulate=True)
+            if seg.w_roots and self._params:
+                engine_backward(seg.w_roots, seg.w_grads, self._params, accumulate=True)
         planned = [seg for seg in st.segments if seg.plan is not None]
         self._weight_pass([seg.plan for seg in planned], [seg.captured for seg in planned])  # type: ignore[misc]
 
-    def backward(self, mb: int, grad_out: torch.Tensor | None) -> torch.Tensor | None:
+    def backward(self, mb: int, grad_out: Grad) -> Any:
         """BW: the fused backward; returns the input gradient, accumulates weights."""
         return self._fused(mb, self._get(mb, "BW"), grad_out)
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _fused(self, mb: int, st: _Pending, grad_out: torch.Tensor | None) -> torch.Tensor | None:
+    def _entry(self, x: Any, side: Mapping[str, Any] | None) -> Any:
+        """The stage input as the first part sees it: leaves that need a gradient are made
+        fresh leaves requiring grad (a bare floating tensor always, off the first stage)."""
+        if isinstance(x, torch.Tensor):
+            if not self.is_first and x.is_floating_point():
+                return x.detach().requires_grad_(True)
+            return x.detach()
+        leaves, spec = flatten(x, f"stage {self.stage}'s input")
+        return unflatten(spec, [_fresh(t) for t in leaves])
+
+    def _run(self, x: Any, side: Mapping[str, Any], segments: list[_Segment]) -> Any:
+        """Run the parts in order; when split, each on fresh leaves (its own segment)."""
+        h = x
+        ins = [t for t in flatten(h)[0] if t.requires_grad and t.grad_fn is None]
+        for k, part in enumerate(self._parts):
+            if k > 0 and self.split:
+                segments.append(_Segment(ins, _roots(h)))
+                leaves, spec = flatten(h)
+                h = unflatten(spec, [_fresh(t) for t in leaves])
+                ins = [t for t in flatten(h)[0] if t.requires_grad]
+            names = self._wanted(k, part, list(side))
+            if (k, len(side)) not in self._checked:
+                self._checked.add((k, len(side)))
+                self._refuse_missing(part, unfilled(part, h, names), side)
+            h = call(part, h, side, names)
+            flatten(h, f"stage {self.stage} (part {k}, {type(part).__name__})'s output")
+        segments.append(_Segment(ins, _roots(h)))
+        return h
+
+    def _wanted(self, k: int, part: nn.Module, available: Sequence[str]) -> tuple[str, ...]:
+        key = (k, tuple(available))
+        got = self._side.get(key)
+        if got is None:
+            got = self._side[key] = wanted_side(part, available)
+            self._refuse_missing(part, [n for n in got if n not in available], available)
+        return got
+
+    def _refuse_missing(self, part: nn.Module, missing: Sequence[str],
+                        available: Iterable[str]) -> None:
+        if missing:
+            raise SideInputError(
+                f"stage {self.stage} ({type(part).__name__}) asks for side input(s) "
+                f"{list(missing)} but the batch gives only {sorted(available)}; pass them in "
+                f"step(..., side={{name: tensor}}) or give them defaults")
+
+    def _input_grad(self, st: _Pending, g: list[torch.Tensor]) -> Any:
+        if self.is_first:
+            return None
+        return g[0] if st.bare and len(g) == 1 else g
+
+    def _fused(self, mb: int, st: _Pending, grad_out: Grad) -> Any:
         del self._pending[mb]
-        g = grad_out
+        g = _grads(grad_out, self.is_last)
         for seg in reversed(st.segments):
-            assert seg.root is not None
-            inputs = self._params + ([seg.inp] if seg.inp is not None else [])
-            if inputs and _can_backward(seg.root, g):
-                engine_backward([seg.root], [g], inputs, accumulate=True)
-            if seg.inp is None:
-                g = None
-                break
-            g = seg.inp.grad if seg.inp.grad is not None else torch.zeros_like(seg.inp)
-        return None if self.is_first else g
+            roots, grads = _pairs(seg.roots, g)
+            inputs = self._params + seg.ins
+            if inputs and roots:
+                engine_backward(roots, grads, inputs, accumulate=True)
+            g = [i.grad if i.grad is not None else torch.zeros_like(i) for i in seg.ins]
+        return self._input_grad(st, g)
 
     def _get(self, mb: int, what: str) -> _Pending:
         st = self._pending.get(mb)
@@ -276,7 +356,7 @@ def _segments(module: nn.Module) -> list[nn.Module]:
     plain = (
         isinstance(module, nn.Sequential)
         and type(module).forward is nn.Sequential.forward
-        and len(module) > 1
+        and len(module) >= 1
         and not (module._forward_hooks or module._forward_pre_hooks)
     )
     return list(module) if plain else [module]  # type: ignore[call-overload]
@@ -287,16 +367,52 @@ def _can_backward(root: torch.Tensor, grad: torch.Tensor | None) -> bool:
     return root.requires_grad and (grad is not None or root.numel() == 1)
 
 
+def _grads(grad_out: Grad, last: bool) -> list[torch.Tensor | None]:
+    if last or grad_out is None:
+        return [None]
+    return [grad_out] if isinstance(grad_out, torch.Tensor) else list(grad_out)
+
+
+def _pairs(roots: list[torch.Tensor], grads: Sequence[torch.Tensor | None]
+           ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """The roots B or BW starts from, with their gradients (a root without one is skipped)."""
+    if len(grads) != len(roots):
+        raise PipeblocksError(f"{len(grads)} output gradient(s) for {len(roots)} output(s) "
+                              f"that require grad")
+    keep = [(r, g) for r, g in zip(roots, grads, strict=True) if _can_backward(r, g)]
+    return [r for r, _ in keep], [g for _, g in keep]
+
+
+def _roots(out: Any) -> list[torch.Tensor]:
+    return [t for t in flatten(out)[0] if t.requires_grad]
+
+
+def _fresh(t: torch.Tensor) -> torch.Tensor:
+    """A leaf for the next part: a floating tensor that requires grad stays differentiable."""
+    if t.is_floating_point() and t.requires_grad:
+        return t.detach().requires_grad_(True)
+    return t.detach()
+
+
+def _detached(out: Any) -> Any:
+    """``out`` with every leaf detached, floating ones requiring grad as they did."""
+    if isinstance(out, torch.Tensor):
+        return out.detach().requires_grad_(out.requires_grad)
+    leaves, spec = flatten(out)
+    return unflatten(spec, [t.detach().requires_grad_(t.requires_grad) for t in leaves])
+
+
 def shared_parameters(modules: Mapping[int, nn.Module]) -> dict[int, str]:
     """Stages whose parameters also belong to another stage: stage -> why (for the warning)."""
-    seen: dict[int, tuple[int, str]] = {}
-    why: dict[int, str] = {}
+    holders: dict[int, list[tuple[int, str]]] = {}
     for stage, mod in sorted(modules.items()):
-        for name, p in mod.named_parameters(remove_duplicate=False):
-            first = seen.setdefault(id(p), (stage, name))
-            if first[0] != stage:
-                msg = (f"parameter '{name}' is shared with stage {first[0]} ('{first[1]}'); "
-                       f"tied weights across stages")
-                why.setdefault(stage, msg)
-                why.setdefault(first[0], msg)
+        for name, p in mod.named_parameters():
+            holders.setdefault(id(p), []).append((stage, name))
+    why: dict[int, str] = {}
+    for where in holders.values():
+        for stage, name in where:
+            others = [f"stage {s} ('{n}')" for s, n in where if s != stage]
+            if others:
+                why.setdefault(stage, f"parameter '{name}' is shared with {', '.join(others)}; "
+                                      f"tied weights across stages")
     return why

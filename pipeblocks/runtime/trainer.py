@@ -32,25 +32,36 @@ from pipeblocks.runtime.emulate import EmulatedStage
 from pipeblocks.runtime.executor import Executor
 from pipeblocks.runtime.faults import Guard, RankFailure, write_error
 from pipeblocks.runtime.p2p import one_way_ms
-from pipeblocks.runtime.split import split
+from pipeblocks.runtime.split import layers_of, split
+from pipeblocks.runtime.ties import unique_parameters
+from pipeblocks.runtime.tree import call, flatten, unflatten, wanted_side
 
 __all__ = ["ModelSource", "TrainOptions", "TrainPlan", "run_rank", "train"]
 
 
 class ModelSource(Protocol):
-    """What the trainer asks of a model: build it, feed it, score it, name it."""
+    """What the trainer asks of a model: build it, feed it, score it, name it (docs/models.md).
+
+    Optional, looked up with ``getattr``: ``count_tokens(targets) -> int`` (then ``loss``
+    returns ``(sum, count)`` and the step's loss is the token mean over the batch) and
+    ``layout(num_stages) -> tuple[int, ...]`` (layers per stage; default: as even as possible).
+    A weight shared by two layers (a tied head) is found when the model is split.
+    """
 
     @property
     def tokens_per_sample(self) -> int: ...
 
-    def build(self) -> nn.Module:
-        """The unpartitioned model as a sequence of layers, the same weights at every call."""
+    def build(self) -> Any:
+        """The unpartitioned model as a sequence of layers (``nn.Sequential``, a list or
+        ``nn.ModuleList`` of modules), the same weights at every call."""
         ...
 
-    def loss(self, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+    def loss(self, output: Any, targets: Any) -> Any: ...
 
-    def batch(self, size: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``size`` samples of step ``step``: inputs and targets (the same on every rank)."""
+    def batch(self, size: int, step: int) -> tuple[Any, ...]:
+        """``size`` samples of step ``step`` (the same on every rank): ``(inputs, targets)``
+        or ``(inputs, targets, side)``, ``side`` a dict of named tensors split per microbatch
+        and given to the layers that ask for them (attention masks, position ids)."""
         ...
 
     def describe(self) -> dict[str, Any]:
@@ -163,7 +174,7 @@ def train(plan: TrainPlan, *, device: torch.device, guard: Guard | None = None,
     if plan.resume is not None:
         _where(guard, "loading the checkpoint")
         first = checkpoint.load(plan.resume, mine, opt, guard)
-    names = {id(p): n for n, p in model.named_parameters()}
+    names = {id(p): n for n, p in _named(model)}
     # emulation compares with the simulator, which needs the transfer time (all ranks probe)
     comm = None if opts.emulate_ms is None else one_way_ms(
         plan.model.activation_shape(opts.microbatch_size), 25, device)
@@ -199,19 +210,20 @@ def _executor(plan: TrainPlan, mine: dict[int, nn.Module], device: torch.device,
         return Executor(plan.schedule, runners, None, None, guard=guard, device=device), None
     for mod in mine.values():
         mod.to(device)
-    params = [p for mod in mine.values() for p in mod.parameters()]
+    params = unique_parameters(mine.values())  # a weight tied on this rank is stepped once
     opt = torch.optim.Adam(params, lr=opts.lr) if params else None
     ex = Executor(plan.schedule, mine, plan.model.loss, opt, guard=guard, device=device,
-                  measure_memory=opts.memory)
+                  measure_memory=opts.memory,
+                  count_tokens=getattr(plan.model, "count_tokens", None))
     return ex, opt
 
 
 def _step(plan: TrainPlan, ex: Executor, step: int, device: torch.device
           ) -> tuple[dict[str, Any], Any]:
-    inputs, targets = plan.model.batch(plan.batch_size, step)
+    inputs, targets, side = _batch(plan, step, device)
     if dist.is_initialized():
         dist.barrier()
-    res = ex.step(inputs.to(device), targets.to(device))
+    res = ex.step(inputs, targets, side=side)
     # one clock on one host: the makespan is the latest end minus the earliest start
     t = torch.tensor([-res.start, res.end, res.loss if res.loss is not None else -math.inf],
                      dtype=torch.float64, device=device)
@@ -260,14 +272,36 @@ def _report(plan: TrainPlan, steps: list[dict[str, Any]], first: int, peak: int,
     return report
 
 
+def _batch(plan: TrainPlan, step: int, device: torch.device) -> tuple[Any, Any, dict[str, Any]]:
+    """Step ``step``'s inputs, targets and side inputs (``{}`` if none) on ``device``."""
+    got = plan.model.batch(plan.batch_size, step)
+    side = got[2] if len(got) > 2 else {}
+    return (_to(got[0], device), _to(got[1], device),
+            {k: _to(v, device) for k, v in side.items()})
+
+
+def _to(obj: Any, device: torch.device) -> Any:
+    leaves, structure = flatten(obj, "the batch")
+    return unflatten(structure, [t.to(device) for t in leaves])
+
+
 def check_against_reference(plan: TrainPlan, grads: dict[str, torch.Tensor],
                             loss: float | None) -> dict[str, Any]:
-    """The unpartitioned model on step 1's batch, in this process: the largest differences."""
+    """The unpartitioned model on step 1's batch, in this process: the largest differences.
+
+    Its layers run in order with plain autograd, called as the stages call them (the side
+    inputs to the layers that ask); the loss is over the whole batch (a token mean when the
+    model counts tokens)."""
     ref = plan.model.build()
-    inputs, targets = plan.model.batch(plan.batch_size, 0)
-    ref_loss = plan.model.loss(ref(inputs), targets)
+    inputs, targets, side = _batch(plan, 0, torch.device("cpu"))
+    h = inputs
+    for layer in layers_of(ref):
+        h = call(layer, h, side, wanted_side(layer, list(side)))
+    ref_loss = plan.model.loss(h, targets)
+    if isinstance(ref_loss, tuple):
+        ref_loss = ref_loss[0] / ref_loss[1]
     ref_loss.backward()
-    want = {n: p.grad for n, p in ref.named_parameters() if p.grad is not None}
+    want = {n: p.grad for n, p in _named(ref) if p.grad is not None}
     if set(want) != set(grads):
         missing = sorted(set(want) ^ set(grads))[:3]
         raise PipeblocksError(f"--check-grads: the pipeline and the reference differ in which "
@@ -289,6 +323,11 @@ def _emulation(plan: TrainPlan, median_ms: float, comm: float) -> dict[str, Any]
     sim = simulate(plan.schedule, UniformCosts(f=x * v, b=x * v, w=x * v, comm=comm))
     return {"emulate_ms": x, "comm_ms": comm, "simulated_ms": sim.makespan,
             "measured_over_simulated": median_ms / sim.makespan}
+
+
+def _named(model: Any) -> Any:
+    """Parameter names of the whole model (a list of layers named by position)."""
+    return (model if isinstance(model, nn.Module) else nn.ModuleList(model)).named_parameters()
 
 
 def _where(guard: Guard | None, what: str) -> None:

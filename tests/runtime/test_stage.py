@@ -163,7 +163,7 @@ def test_activations_are_freed_after_w() -> None:
     stages, xs, _ = _stage_inputs(2, 1)
     st = Stage(stages[1][:-1], 1, 3)
     out = st.forward(0, xs[1][0])
-    seg_inp = st._pending[0].segments[0].inp
+    seg_inp = st._pending[0].segments[0].ins[0]
     ref = weakref.ref(seg_inp)
     del seg_inp
     st.backward_input(0, torch.ones_like(out))

@@ -1,0 +1,106 @@
+"""What one step carries: the result a rank returns, the state passed from pass to pass.
+
+    >>> r = StepResult(rank=0, losses=(1.0, 3.0), start=0.0, end=0.5, weights=(0.75, 0.25))
+    >>> r.loss, r.seconds
+    (1.5, 0.5)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from pipeblocks.ir.lowering import Comm, Payload, Transfer
+from pipeblocks.runtime.p2p import Post
+from pipeblocks.runtime.tree import flatten
+
+__all__ = ["StepResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """One step on one rank. Losses are known only on the rank that holds the last stage.
+
+    ``start`` and ``end`` are ``time.perf_counter()`` readings (one clock for every process of
+    a host) around the rank's program; ``peak_activation_bytes`` is the most
+    activation memory its pending microbatches held at once (0 unless measured);
+    ``trace`` holds, when recorded, ``(action, begin, ready, end)`` in seconds from the step's
+    start: ``ready`` is when its input had arrived (so ``end - ready`` is the pass itself).
+    """
+
+    rank: int
+    losses: tuple[float, ...] | None
+    start: float
+    end: float
+    peak_activation_bytes: int = 0
+    trace: tuple[tuple[str, float, float, float], ...] = ()
+    weights: tuple[float, ...] = ()  # token mean: each microbatch's share of the tokens
+
+    @property
+    def seconds(self) -> float:
+        """This rank's wall time for the step."""
+        return self.end - self.start
+
+    @property
+    def loss(self) -> float | None:
+        """The batch loss: the mean over microbatches, or over tokens with a token count
+        (``weights``); None off the loss rank."""
+        if self.losses is None:
+            return None
+        if self.weights:
+            return sum(x * w for x, w in zip(self.losses, self.weights, strict=True))
+        return sum(self.losses) / len(self.losses)
+
+
+@dataclass(slots=True)
+class _StepState:
+    """What one step carries from pass to pass on this rank."""
+
+    inputs: list[Any]
+    targets: list[Any]
+    side: list[dict[str, Any]]
+    scale: float  # each microbatch's loss is scaled by 1/m (or 1/tokens): the batch mean's
+    start: float
+    posted: dict[Transfer, list[tuple[Any, torch.Tensor]]] = field(default_factory=dict)
+    outbox: dict[Transfer, list[torch.Tensor]] = field(default_factory=dict)  # to send
+    local: dict[tuple[Payload, int, int], Any] = field(default_factory=dict)  # V turn
+    counts: dict[int, int] = field(default_factory=dict)  # token counts (token mean)
+    evaluate: bool = False  # forward only, nothing kept
+    batch: list[tuple[Comm, list[Post]]] = field(default_factory=list)  # queued, not posted
+    sends: list[tuple[Any, Comm, torch.Tensor]] = field(default_factory=list)  # in flight
+    losses: dict[int, torch.Tensor] = field(default_factory=dict)
+    held: dict[tuple[int, int], int] = field(default_factory=dict)  # (stage, mb) -> bytes
+    live: int = 0
+    peak: int = 0
+    trace: list[tuple[str, float, float, float]] = field(default_factory=list)
+    ready: float = 0.0  # when the running pass's input arrived
+    peer: tuple[int, str] | None = None  # the rank and message this rank is blocked on
+
+
+def _shapes(obj: Any) -> tuple[Any, ...]:
+    """What the handshake depends on: the structure, shapes and dtypes of a microbatch."""
+    leaves, structure = flatten(obj, "the batch")
+    return json.dumps(structure), tuple((tuple(t.shape), t.dtype) for t in leaves)
+
+
+@contextlib.contextmanager
+def _saved_bytes(skip: set[int]) -> Iterator[list[int]]:
+    """Count the bytes autograd saves in the block (each storage once, parameters excluded)."""
+    counter = [0]
+    seen: set[int] = set()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in seen and ptr not in skip:
+            seen.add(ptr)
+            counter[0] += storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield counter

@@ -1,0 +1,191 @@
+"""Tied parameters across ranks, and the pipeline-wide gradient norm.
+
+A *tie* is one parameter held by several stages (GPT-2's token embedding and its head). On one
+rank the stages share the ``Parameter`` object, so its gradient is one sum already. Across
+ranks each rank holds its own copy: :class:`TiedGrads` sums the copies' gradients once per
+step (one all-reduce per set of ranks), so every copy gets the whole gradient and, stepped by
+equal optimizers, stays bit-identical.
+
+Ties are found by :func:`pipeblocks.runtime.split.split` (the same ``Parameter`` object in two
+stages; it records them on every stage as ``pipeblocks_ties``) or declared
+(``Executor(ties=[((0, "0.weight"), (3, "2.weight"))])``: (stage, parameter name in that
+stage) per copy). A copy on another rank that is neither is caught at start-up: each rank
+publishes a fingerprint of its non-constant parameters, and two equal fingerprints in stages
+on different ranks stop every rank with an error that says how to declare the tie.
+
+    >>> from torch import nn
+    >>> emb = nn.Embedding(4, 2)
+    >>> head = nn.Linear(2, 4, bias=False)
+    >>> head.weight = emb.weight
+    >>> find_ties([nn.Sequential(emb), nn.Sequential(head)])
+    (((0, '0.weight'), (1, '0.weight')),)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pipeblocks.errors import SpecError
+from pipeblocks.ir.spec import PipelineSpec
+
+__all__ = ["Tie", "find_ties", "TiedGrads", "clip_grad_norm", "unique_parameters"]
+
+Tie = tuple[tuple[int, str], ...]  # (stage, parameter name in that stage) per copy
+
+
+def find_ties(stages: Sequence[nn.Module]) -> tuple[Tie, ...]:
+    """The parameters that appear in more than one stage, as (stage, name) per stage."""
+    where: dict[int, list[tuple[int, str]]] = {}
+    for s, mod in enumerate(stages):
+        for name, p in mod.named_parameters():
+            where.setdefault(id(p), []).append((s, name))
+    return tuple(tuple(v) for v in where.values() if len({s for s, _ in v}) > 1)
+
+
+def unique_parameters(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
+    """The parameters of ``modules``, each once, in order (the optimizer's list)."""
+    seen: dict[int, nn.Parameter] = {}
+    for mod in modules:
+        for p in mod.parameters():
+            seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+@dataclass(slots=True)
+class _Group:
+    ranks: tuple[int, ...]
+    params: list[nn.Parameter]  # this rank's copy of each tie held by exactly these ranks
+    handle: Any
+
+
+class TiedGrads:
+    """Sums the gradients of tied copies across ranks (:meth:`reduce`, once per step)."""
+
+    def __init__(self, groups: list[_Group], owned: set[int]) -> None:
+        self.groups = groups
+        self._not_owned = owned  # ids of copies another (lower) rank counts in the norm
+
+    @staticmethod
+    def build(spec: PipelineSpec, rank: int, modules: Mapping[int, nn.Module],
+              declared: Sequence[Sequence[tuple[int, str]]] | None, check: bool,
+              group: Any = None) -> TiedGrads:
+        """The ties of this rank's stages, declared or found by ``split``; every rank calls it
+        (the subgroups are made in the same order everywhere)."""
+        ties = _ties(modules, declared)
+        if check:
+            _check_undeclared(spec, rank, modules, ties, group)
+        by_ranks: dict[tuple[int, ...], list[nn.Parameter]] = {}
+        not_owned: set[int] = set()
+        for tie in ties:
+            ranks = tuple(sorted({spec.rank_of(s) for s, _ in tie}))
+            if len(ranks) < 2:
+                continue
+            mine = [_param(modules[s], name, s) for s, name in tie if s in modules]
+            entry = by_ranks.setdefault(ranks, [])
+            if mine:
+                entry.append(mine[0])
+                if rank != ranks[0]:
+                    not_owned.add(id(mine[0]))
+        groups = []
+        for ranks, params in sorted(by_ranks.items()):
+            handle = dist.new_group(list(ranks)) if len(ranks) < spec.num_ranks else group
+            groups.append(_Group(ranks, params if rank in ranks else [], handle))
+        return TiedGrads(groups, not_owned)
+
+    def reduce(self) -> None:
+        """Sum each tie's gradient over the ranks holding it (one all-reduce per rank set)."""
+        for g in self.groups:
+            if not g.params:
+                continue
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in g.params]
+            flat = torch.cat([x.reshape(-1) for x in grads])
+            dist.all_reduce(flat, group=g.handle)
+            at = 0
+            for p, x in zip(g.params, grads, strict=True):
+                n = x.numel()
+                p.grad = flat[at: at + n].view_as(p).clone()
+                at += n
+
+    def counted(self, p: nn.Parameter) -> bool:
+        """Whether this rank counts ``p`` in the global norm (one rank per tie)."""
+        return id(p) not in self._not_owned
+
+
+def clip_grad_norm(params: Sequence[nn.Parameter], max_norm: float, ties: TiedGrads | None,
+                   device: torch.device, p2p: Any) -> float:
+    """The global 2-norm of the gradients (summed over ranks), clipped as torch does."""
+    own = [p.grad for p in params if p.grad is not None and (ties is None or ties.counted(p))]
+    sq = torch.zeros((), dtype=torch.float64, device=device)
+    for g in own:
+        sq += g.detach().double().pow(2).sum()
+    if p2p is not None:
+        dist.all_reduce(sq, group=p2p.group)
+    total = math.sqrt(float(sq))
+    coef = min(1.0, max_norm / (total + 1e-6))
+    if coef < 1.0:
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(coef)
+    return total
+
+
+def _ties(modules: Mapping[int, nn.Module], declared: Sequence[Sequence[tuple[int, str]]] | None
+          ) -> list[Tie]:
+    if declared is not None:
+        return [tuple((int(s), str(n)) for s, n in tie) for tie in declared]
+    found: dict[Tie, None] = {}
+    for mod in modules.values():
+        for tie in getattr(mod, "pipeblocks_ties", ()):
+            found[tie] = None
+    return list(found)
+
+
+def _param(mod: nn.Module, name: str, stage: int) -> nn.Parameter:
+    try:
+        return mod.get_parameter(name)
+    except AttributeError as e:
+        names = [n for n, _ in mod.named_parameters()][:6]
+        raise SpecError(f"tie names parameter '{name}' of stage {stage}, which has none of that "
+                        f"name (it has e.g. {names}); name it as stage.named_parameters() "
+                        f"does") from e
+
+
+def _fingerprint(p: torch.Tensor) -> tuple[Any, ...] | None:
+    """A summary that equal copies share and independent random weights do not (None for a
+    constant tensor: biases at zero and norms at one are equal everywhere)."""
+    x = p.detach().double().reshape(-1)
+    if x.numel() < 2 or bool((x == x[0]).all()):
+        return None
+    return (tuple(p.shape), float(x.sum()), float(x.pow(2).sum()), float(x[: 4].sum()))
+
+
+def _check_undeclared(spec: PipelineSpec, rank: int, modules: Mapping[int, nn.Module],
+                      ties: list[Tie], group: Any) -> None:
+    """Stop if two stages on different ranks hold equal weights that no tie names."""
+    prints = {(s, n): f for s, mod in modules.items() for n, p in mod.named_parameters()
+              if (f := _fingerprint(p)) is not None}
+    every: list[Any] = [None] * spec.num_ranks
+    dist.all_gather_object(every, prints, group=group)
+    known = {member for tie in ties for member in tie}
+    seen: dict[Any, tuple[int, str]] = {}
+    for theirs in every:
+        for (s, n), f in sorted(theirs.items()):
+            first = seen.setdefault(f, (s, n))
+            if first == (s, n) or spec.rank_of(first[0]) == spec.rank_of(s):
+                continue
+            if first in known and (s, n) in known:
+                continue
+            raise SpecError(
+                f"stage {first[0]}'s '{first[1]}' (rank {spec.rank_of(first[0])}) and stage "
+                f"{s}'s '{n}' (rank {spec.rank_of(s)}) hold equal weights that no tie names: "
+                f"each rank would train its own copy with part of the gradient. Split the "
+                f"whole model with pipeblocks.runtime.split.split (ties are found), or pass "
+                f"Executor(ties=[(({first[0]}, '{first[1]}'), ({s}, '{n}'))]); "
+                f"check_ties=False if the copies are meant to differ")
