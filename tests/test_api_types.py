@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import pipeblocks as pb
 from pipeblocks.errors import ArgTypeError, PipeblocksError, SpecError
+from pipeblocks.planner import Cluster, ModelSpec, Space
 
 _SCHEDULE = pb.generate("1f1b", 2, 2)
 
@@ -41,6 +42,10 @@ CASES: dict[str, tuple[Callable[..., Any], dict[str, Any], dict[str, tuple[type,
                      {"f": (int, float), "b": (int, float), "w": (int, float),
                       "comm": (int, float), "mem_f": (int, float),
                       "mem_w": (int, float, type(None))}),
+    "plan": (pb.plan, {"model": "layers=2,hidden=64,heads=2,seq=16,vocab=128", "gpus": 1,
+                       "global_batch": 2, "cluster": None, "space": None},
+             {"model": (str, ModelSpec), "gpus": (int, type(None)), "global_batch": (int,),
+              "cluster": (Cluster, type(None)), "space": (Space, type(None))}),
 }
 
 # Values of the wrong type for some argument: scalars and a plain object (never a container,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeblocks.checks import expect
 from pipeblocks.errors import SpecError
 from pipeblocks.planner.cluster import Cluster, parse_bytes
 from pipeblocks.planner.grid import PLAN_SCHEDULES, SHARDINGS, Plan, Progress, Space, evaluate
@@ -61,6 +62,11 @@ def plan(
     """Rank every plan of ``space`` for ``model`` (a :class:`ModelSpec` or its
     ``layers=..,hidden=..`` text) on ``cluster`` (or ``Cluster(gpus)``) at ``global_batch``
     sequences per step."""
+    expect("plan", "model", model, (ModelSpec, str))
+    expect("plan", "gpus", gpus, int, none=True)
+    expect("plan", "global_batch", global_batch, int)
+    expect("plan", "cluster", cluster, Cluster, none=True)
+    expect("plan", "space", space, Space, none=True)
     spec = parse_model(model) if isinstance(model, str) else model
     if cluster is None:
         if gpus is None:
