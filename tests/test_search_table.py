@@ -57,3 +57,12 @@ def test_proven_rows_of_the_smallest_case_match_the_script() -> None:
         cells = [c.strip() for c in line.strip("|").split("|")]
         again = mod.row(4, 8, cells[2], float(cells[3]), time_limit=20)
         assert again == line
+
+
+def test_search_is_within_one_percent_of_every_proven_optimum_in_the_table() -> None:
+    """Wherever the page says the optimum is proven, the search is within 1% of it."""
+    rows = [[c.strip() for c in r.strip("|").split("|")] for r in _page_rows(_script())]
+    proven = [r for r in rows if r[8] == "yes"]
+    assert proven
+    for r in proven:
+        assert float(r[5]) <= 1.01 * float(r[6]), r

@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    given = [f for f, v in (("--cost", args.cost), ("--costs", args.costs), ("--model", args.model),
+    given = [f for f, v in (("--cost", args.cost), ("--stage-cost", args.stage_cost),
+                            ("--costs", args.costs), ("--model", args.model),
                             ("--machine", args.machine), ("--memory-model", args.memory_model),
                             ("--width", args.width)) if v is not None]
     if given and not args.timed:
@@ -40,10 +41,12 @@ def run(args: argparse.Namespace) -> int:
     schedule = generate(args.name, args.p, args.m, args.v)
     validate(schedule)
     if args.timed:
-        from pipeblocks.sim import simulate
+        from pipeblocks.sim import describe_costs, simulate
         from pipeblocks.visual.ascii_timed import timed_ascii
 
-        print(timed_ascii(simulate(schedule, build_costs(args), validate=False), args.width))
+        costs = build_costs(args)
+        print(f"# costs: {describe_costs(costs)}")
+        print(timed_ascii(simulate(schedule, costs, validate=False), args.width))
         return 0
     print(f"# {schedule.name}  {schedule.spec.describe()}")
     print(schedule)
