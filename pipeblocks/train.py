@@ -19,9 +19,12 @@ import dataclasses
 import json
 import math
 import os
+import re
 import statistics
 import sys
+import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,10 +38,15 @@ from pipeblocks.models.split import ends_layout, split
 from pipeblocks.runtime import checkpoint
 from pipeblocks.runtime.emulate import EmulatedStage
 from pipeblocks.runtime.executor import Executor
-from pipeblocks.runtime.faults import Guard, RankFailure, write_error
+from pipeblocks.runtime.faults import Guard, RankFailure, post_fault, store_client, write_error
 from pipeblocks.runtime.p2p import one_way_ms
 
-__all__ = ["main", "build_parser", "check_args", "load_schedule", "model_config", "layout_of"]
+__all__ = ["main", "build_parser", "check_args", "load_schedule", "model_config", "layout_of",
+           "NonFiniteError"]
+
+
+class NonFiniteError(PipeblocksError):
+    """A loss or gradient became NaN or infinite; the message names the step, rank and stage."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,12 +128,23 @@ def check_args(args: argparse.Namespace, world: int | None = None) -> Schedule:
     schedule = load_schedule(args, num_ranks)
     cfg = model_config(args, schedule.spec.num_stages)
     layout = layout_of(args, cfg, schedule.spec.num_stages)
-    _check_checkpoint_args(args, cfg, layout)
+    _check_checkpoint_args(args, cfg, layout, schedule)
     return schedule
 
 
+# What changes the data or the math: a resume must match it unless --allow-changes.
+_OPTIONS = {"seed": "--seed", "batch": "the batch (--microbatches x --microbatch-size)",
+            "lr": "--lr"}
+
+
+def data_options(args: argparse.Namespace, schedule: Schedule) -> dict[str, Any]:
+    """The values of :data:`_OPTIONS` for this run (stored in each checkpoint's manifest)."""
+    batch = schedule.spec.num_microbatches * args.microbatch_size
+    return {"seed": args.seed, "batch": batch, "lr": args.lr}
+
+
 def _check_checkpoint_args(args: argparse.Namespace, cfg: GPTConfig,
-                           layout: tuple[int, ...]) -> None:
+                           layout: tuple[int, ...], schedule: Schedule) -> None:
     """--save / --save-every / --resume: refused here, before any process or message."""
     if args.save_every is not None and args.save is None:
         raise SpecError("--save-every needs --save DIR")
@@ -136,13 +155,30 @@ def _check_checkpoint_args(args: argparse.Namespace, cfg: GPTConfig,
                         "--emulate-ms")
     if args.resume is not None and args.check_grads:
         raise SpecError("--check-grads compares step 1 with a fresh model; drop it with --resume")
+    info = None
     if args.resume is not None:
         info = checkpoint.find(args.resume)
         checkpoint.check_compatible(info, layout, dataclasses.asdict(cfg))
+        if not args.allow_changes:
+            checkpoint.check_options(info, data_options(args, schedule), _OPTIONS,
+                                     "--allow-changes")
         if info.step >= args.steps:
             raise SpecError(f"--resume {info.path} is after step {info.step} but --steps is "
                             f"{args.steps} (the total): nothing to run; use --steps "
                             f"{info.step + 1} or more")
+        checkpoint.verify(info)  # every file's checksum: damage is refused before training
+    if args.save is not None and not args.overwrite:
+        _check_save_folder(args.save, info)
+
+
+def _check_save_folder(folder: str, resumed: checkpoint.CheckpointInfo | None) -> None:
+    """Refuse to save among another run's checkpoints (note: nothing lost, docs/reliability)."""
+    theirs = [i for i in checkpoint.complete(Path(folder))
+              if resumed is None or i.run != resumed.run]
+    if theirs:
+        raise SpecError(f"--save {folder} holds checkpoints of another run (the newest "
+                        f"{theirs[-1].path.name}); continue that run with --resume {folder}, "
+                        f"save into a new folder, or pass --overwrite to save there anyway")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,7 +203,10 @@ def _train(args: argparse.Namespace) -> int:
     spec = schedule.spec
     S = spec.num_stages
     cfg = model_config(args, S)
-    model = TinyGPT(cfg, seed=args.seed)
+    try:
+        model = TinyGPT(cfg, seed=args.seed)
+    except RuntimeError as e:  # torch.OutOfMemoryError is one too
+        return _out_of_memory(e, rank, args)
     parts = split(model, S, layout_of(args, cfg, S))
     mine: dict[int, torch.nn.Module] = {s: parts[s] for s in spec.stages_of(rank)}
     cuda = torch.cuda.is_available()
@@ -180,6 +219,8 @@ def _train(args: argparse.Namespace) -> int:
     guard = Guard(rank, timeout=args.timeout) if dist.is_initialized() else None
     try:
         report = _loop(args, schedule, model, mine, cfg, device, guard)
+    except NonFiniteError as e:  # every rank saw it in the same all-reduce: a clean stop
+        return _stop_non_finite(e, args, rank, guard)
     except Exception as e:
         message = str(e)
         if not isinstance(e, RankFailure):  # outside a pass: still stop the others at once
@@ -206,6 +247,91 @@ def _train(args: argparse.Namespace) -> int:
     if rank == 0:
         _print_report(args, report)
     return 0
+
+
+def _out_of_memory(e: RuntimeError, rank: int, args: argparse.Namespace) -> int:
+    """One line for a model too large to build (before any process group), posted as the
+    run's fault for the launcher's last line; other errors go on as they were."""
+    text = str(e)
+    if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in text:
+        raise e
+    got = re.search(r"(?:tried to allocate|Tried to allocate) ([\d.]+ ?\w*)", text)
+    size = got.group(1) if got else "?"
+    if size.isdigit():
+        size = f"{int(size) / 2**30:.1f} GiB"
+    message = (f"rank {rank} ran out of memory building the model: it tried to allocate "
+               f"{size} (--seq {args.seq}, --dim {args.dim}, --vocab {args.vocab}); use "
+               f"smaller sizes")
+    if "MASTER_PORT" in os.environ:
+        post_fault(store_client(10.0), message)
+    write_error(message)
+    return 1
+
+
+def _stop_non_finite(e: NonFiniteError, args: argparse.Namespace, rank: int,
+                     guard: Guard | None) -> int:
+    """Every rank stops with exit 1; rank 0 says why (and, with --json, prints the report),
+    and posts it as the run's fault for the launcher's last line once every guard is off."""
+    if guard is not None:
+        guard.stop()
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    if rank == 0:
+        if args.json:
+            print(json.dumps({"status": "non-finite", **e.args[1]}), flush=True)
+        write_error(str(e.args[0]))
+        if guard is not None:
+            post_fault(guard.store, str(e.args[0]))
+    return 1
+
+
+def _watch_outputs(mine: dict[int, torch.nn.Module], device: torch.device) -> dict[int, Any]:
+    """A flag per stage, set when its output holds a NaN or inf; no sync until read. The hook
+    sits on the stage's last part, not the stage: a hook there would stop the stage from
+    running its parts one by one (runtime.stage, note "segments")."""
+    flags = {}
+    for s, mod in mine.items():
+        flag = flags[s] = torch.zeros((), dtype=torch.bool, device=device)
+        last = mod[-1] if isinstance(mod, torch.nn.Sequential) and len(mod) > 1 else mod
+
+        def hook(_m: Any, _i: Any, out: Any, flag: torch.Tensor = flag) -> None:
+            if isinstance(out, torch.Tensor) and out.is_floating_point():
+                flag.logical_or_(~torch.isfinite(out).all())
+
+        last.register_forward_hook(hook)
+    return flags
+
+
+def _first_bad(mine: dict[int, torch.nn.Module], flags: dict[int, Any],
+               losses: tuple[float, ...] | None, S: int) -> int:
+    """This rank's first non-finite value of the step, in the order values are made: stage
+    s's output is key s (forward), the loss S, stage s's gradient 2S - s (backward runs from
+    the last stage down); 3S when all are finite. The smallest key over ranks is the origin."""
+    keys = [s for s, flag in flags.items() if bool(flag)]
+    if losses is not None and not all(math.isfinite(x) for x in losses):
+        keys.append(S)
+    for s, mod in mine.items():
+        grads = [p.grad for p in mod.parameters() if p.grad is not None]
+        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            keys.append(2 * S - s)
+    for flag in flags.values():
+        flag.zero_()
+    return min(keys, default=3 * S)
+
+
+def _non_finite(key: int, step: int, schedule: Schedule, args: argparse.Namespace,
+                steps: list[dict[str, Any]]) -> NonFiniteError:
+    S = schedule.spec.num_stages
+    stage, what = (key, "output") if key < S else (S - 1, "loss") if key == S else \
+        (2 * S - key, "gradient")
+    rank = schedule.spec.rank_of(stage)
+    kept = f" (earlier checkpoints stay in {args.save})" if args.save else ""
+    message = (f"step {step}: the {what} of stage {stage} (rank {rank}) is not finite (NaN or "
+               f"inf), the first such value of the step; the run stops without saving this "
+               f"state{kept}; lower --lr (now {args.lr:g}) or check the data")
+    return NonFiniteError(message, {"step": step, "rank": rank, "stage": stage, "what": what,
+                                    "loss": [s["loss"] for s in steps]})
 
 
 def _loop(
@@ -244,10 +370,13 @@ def _loop(
     peak = 0
     first = 0
     layout = layout_of(args, cfg, S)
+    run = uuid.uuid4().hex[:12]  # a fresh run's name; a resumed run keeps its checkpoint's
     if args.resume is not None:
         if guard is not None:
             guard.where = "loading the checkpoint"
-        first = checkpoint.load(checkpoint.find(args.resume), mine, opt, guard)
+        info = checkpoint.find(args.resume)
+        first, run = checkpoint.load(info, mine, opt, guard), info.run
+    flags = _watch_outputs(mine, device) if args.emulate_ms is None else {}
     for step in range(first, args.steps):
         tokens, targets = synthetic_batch(cfg, batch, seed=args.seed, step=step)
         tokens, targets = tokens.to(device), targets.to(device)
@@ -259,10 +388,15 @@ def _loop(
                      for mod in mine.values() for p in mod.parameters() if p.grad is not None}
         peak = max(peak, res.peak_activation_bytes)
         # one clock on one host: the makespan is the latest end minus the earliest start
-        t = torch.tensor([-res.start, res.end, res.loss if res.loss is not None else -math.inf],
-                         dtype=torch.float64, device=device)
+        # and the first non-finite value (the smallest key of _first_bad, negated for MAX)
+        bad = _first_bad(mine, flags, res.losses, S)
+        loss_in = res.loss if res.loss is not None and bad == 3 * S else -math.inf
+        t = torch.tensor([-res.start, res.end, loss_in, -bad], dtype=torch.float64,
+                         device=device)
         if dist.is_initialized():
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        if -int(t[3]) < 3 * S:
+            raise _non_finite(-int(t[3]), step + 1, schedule, args, steps)
         ms = (float(t[0]) + float(t[1])) * 1e3
         # emulated passes compute no loss
         loss = float(t[2]) if math.isfinite(float(t[2])) and args.emulate_ms is None else None
@@ -277,7 +411,8 @@ def _loop(
             if guard is not None:
                 guard.where = f"saving the checkpoint of step {step + 1}"
             checkpoint.save(args.save, step + 1, mine, opt, layout=layout,
-                            model=dataclasses.asdict(cfg), schedule=schedule.name, guard=guard)
+                            model=dataclasses.asdict(cfg), schedule=schedule.name, run=run,
+                            options=data_options(args, schedule), guard=guard)
     gathered: list[Any] = [(rank, peak, grads)]
     if dist.is_initialized():
         gathered = [None] * dist.get_world_size() if rank == 0 else []
@@ -287,6 +422,7 @@ def _loop(
     step_ms = [s["ms"] for s in steps]
     median = statistics.median(step_ms)
     report: dict[str, Any] = {
+        "status": "ok",
         "schedule": schedule.name or str(args.schedule_file),
         "ranks": spec.num_ranks,
         "microbatches": m,

@@ -82,7 +82,15 @@ def add_train_args(p: argparse.ArgumentParser, *, ranks_required: bool) -> None:
                    help="with --save: also save after every K-th step")
     p.add_argument("--resume", metavar="DIR", default=None,
                    help="continue from the newest checkpoint in DIR (or that checkpoint "
-                   "folder): any schedule with the same stage layout; --steps is the total")
+                   "folder): any schedule with the same stage layout; --steps is the total; "
+                   "refused if a file fails its checksum, or if --seed, --lr or the batch "
+                   "differ from the checkpoint's")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: continue even though --seed, --lr or the batch "
+                   "(microbatches x microbatch size) differ from the checkpoint's")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --save: save into a folder that holds another run's checkpoints "
+                   "(refused otherwise); they are kept unless this run saves the same steps")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object as the last line of stdout")
 
@@ -121,6 +129,7 @@ _FLAGS = [
     ("emulate_ms", "--emulate-ms"), ("check_grads", "--check-grads"), ("memory", "--memory"),
     ("timeout", "--timeout"), ("threads", "--threads"), ("json", "--json"),
     ("save", "--save"), ("save_every", "--save-every"), ("resume", "--resume"),
+    ("allow_changes", "--allow-changes"), ("overwrite", "--overwrite"),
 ]
 
 
