@@ -15,6 +15,7 @@ Step time is the pipeline's makespan: from the earliest rank's start to the late
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -249,6 +250,14 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _waiting(guard: Guard | None, what: str) -> contextlib.AbstractContextManager[None]:
+    """A collective between steps, timed by the guard like a message (``--timeout``)."""
+    if guard is None:
+        return contextlib.nullcontext()
+    guard.where = what
+    return guard.waiting("every rank")
+
+
 def _out_of_memory(e: RuntimeError, rank: int, args: argparse.Namespace) -> int:
     """One line for a model too large to build (before any process group), posted as the
     run's fault for the launcher's last line; other errors go on as they were."""
@@ -381,7 +390,8 @@ def _loop(
         tokens, targets = synthetic_batch(cfg, batch, seed=args.seed, step=step)
         tokens, targets = tokens.to(device), targets.to(device)
         if dist.is_initialized():
-            dist.barrier()
+            with _waiting(guard, f"the barrier before step {step + 1}"):
+                dist.barrier()
         res = ex.step(tokens, targets)
         if step == 0 and args.check_grads:
             grads = {names[id(p)]: p.grad.detach().cpu().clone()
@@ -394,7 +404,8 @@ def _loop(
         t = torch.tensor([-res.start, res.end, loss_in, -bad], dtype=torch.float64,
                          device=device)
         if dist.is_initialized():
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            with _waiting(guard, f"the all-reduce after step {step + 1}"):
+                dist.all_reduce(t, op=dist.ReduceOp.MAX)
         if -int(t[3]) < 3 * S:
             raise _non_finite(-int(t[3]), step + 1, schedule, args, steps)
         ms = (float(t[0]) + float(t[1])) * 1e3
