@@ -264,10 +264,9 @@ def _out_of_memory(e: RuntimeError, rank: int, args: argparse.Namespace) -> int:
     text = str(e)
     if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in text:
         raise e
-    got = re.search(r"(?:tried to allocate|Tried to allocate) ([\d.]+ ?\w*)", text)
-    size = got.group(1) if got else "?"
-    if size.isdigit():
-        size = f"{int(size) / 2**30:.1f} GiB"
+    got = re.search(r"allocate (\d+) bytes", text)  # CPU; CUDA says "20.00 GiB"
+    cuda = re.search(r"[Tt]ried to allocate ([\d.]+ \w+)", text)
+    size = f"{int(got.group(1)) / 2**30:,.1f} GiB" if got else cuda.group(1) if cuda else "?"
     message = (f"rank {rank} ran out of memory building the model: it tried to allocate "
                f"{size} (--seq {args.seq}, --dim {args.dim}, --vocab {args.vocab}); use "
                f"smaller sizes")
