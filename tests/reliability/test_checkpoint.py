@@ -23,7 +23,14 @@ from fuzzkit import no_launch, run_cli
 
 from pipeblocks.errors import SpecError
 from pipeblocks.runtime import checkpoint
-from pipeblocks.runtime.checkpoint import check_compatible, find, load, read_tensors, save
+from pipeblocks.runtime.checkpoint import (
+    CheckpointError,
+    check_compatible,
+    find,
+    load,
+    read_tensors,
+    save,
+)
 from pipeblocks.runtime.faults import RankFailure
 
 pytestmark = pytest.mark.torch
@@ -124,7 +131,7 @@ def test_loading_unpickles_no_foreign_object(tmp_path: Path) -> None:
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        with pytest.raises(SpecError, match="names posix.system, which pipeblocks does not"):
+        with pytest.raises(CheckpointError, match="names posix.system, which pipeblocks does not"):
             load(find(tmp_path), stages, opt)
     finally:
         os.chdir(cwd)
@@ -147,13 +154,13 @@ def test_layout_checks_name_what_differs(tmp_path: Path) -> None:
 
 
 def test_find_refuses_what_is_not_a_checkpoint(tmp_path: Path) -> None:
-    """A missing folder, an empty one, and a foreign pipeblocks.json are SpecErrors."""
-    with pytest.raises(SpecError, match="no such folder"):
+    """A missing folder, an empty one, and a foreign pipeblocks.json are CheckpointErrors."""
+    with pytest.raises(CheckpointError, match="no such folder"):
         find(tmp_path / "nope")
-    with pytest.raises(SpecError, match="no complete checkpoint"):
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
         find(tmp_path)
     (tmp_path / "pipeblocks.json").write_text(json.dumps({"format": "other"}))
-    with pytest.raises(SpecError, match="is not a pipeblocks checkpoint"):
+    with pytest.raises(CheckpointError, match="is not a pipeblocks checkpoint"):
         find(tmp_path)
 
 
@@ -168,7 +175,7 @@ def _save_forever(folder: Path) -> None:
     opt.step()  # creates the optimizer state (step, exp_avg, exp_avg_sq)
     try:
         step = find(folder).step + 1
-    except SpecError:
+    except CheckpointError:
         step = 1
     while True:
         with torch.no_grad():
@@ -198,7 +205,7 @@ def test_killed_at_random_moments_a_whole_checkpoint_remains(tmp_path: Path) -> 
         child.join(timeout=30)
         try:
             info = find(tmp_path)
-        except SpecError:
+        except CheckpointError:
             continue  # killed before its first checkpoint was complete
         tensors = read_tensors(tmp_path)
         assert tensors and all(bool((t == info.step).all()) for t in tensors.values()), info
