@@ -231,7 +231,7 @@ def _train(args: argparse.Namespace) -> int:
                 # A transport error here (the barrier or all-reduce between steps) usually
                 # means a peer died: as the executor does, report the root cause the
                 # launcher posts within 2 s rather than this rank's "connection reset".
-                cause = guard.posted(within=2.0) or guard.fail(message)
+                cause = guard.root_cause(message)  # (or a frozen rank: faults)
                 if cause != message:
                     message = f"rank {rank} stops in {guard.where}: {cause}"
         code = 2 if isinstance(e, SpecError) else 1

@@ -157,7 +157,7 @@ def _collective(what: str, guard: Guard | None, fix: str = "") -> Iterator[None]
         msg = f"rank {rank} failed in {what}: {_detail(e)}"
         if guard is None:
             raise RankFailure(msg) from None
-        cause = guard.posted(within=2.0) or guard.fail(msg)
+        cause = guard.root_cause(msg)
         guard.stand_down()
         raise RankFailure(cause if cause == msg else f"rank {rank} stops in {what}: {cause}") \
             from None

@@ -255,6 +255,32 @@ class Guard:
     def _world() -> int:
         return dist.get_world_size() if dist.is_initialized() else 0
 
+    def frozen(self, ranks: list[int] | None = None) -> str:
+        """``rank 2 is stuck in 2F1 (its last heartbeat ...)`` for the first of ``ranks``
+        (default: every other rank) whose heartbeat stopped, or "" (note "frozen rank")."""
+        if ranks is None:
+            ranks = [r for r in range(self._world()) if r != self.rank]
+        found = self._frozen(ranks)
+        state = self._read_state(found[0]) if found else None
+        if state is None:
+            return ""
+        ago = time.time() - state[3]
+        return (f"rank {found[0]} is stuck in {state[0]} (its last heartbeat was {ago:.1f} s "
+                f"ago, in {state[0]}; the process is frozen or stopped)")
+
+    def root_cause(self, message: str) -> str:
+        """After this rank's transport error (``message``): the fault a peer or the launcher
+        posts within 2 s (a rank died), else a frozen rank (before ``message``), else
+        ``message``; posted, and returned."""
+        cause = self.posted(within=2.0)
+        if cause:
+            return cause
+        try:
+            frozen = self.frozen()
+        except Exception:  # the store is gone: say what this rank saw
+            frozen = ""
+        return self.fail(f"{frozen}: {message}" if frozen else message)
+
     def _frozen(self, ranks: list[int]) -> list[int]:
         """Those of ``ranks`` whose heartbeat does not move in ``4 * beat`` seconds."""
         before = {r: self._read_state(r) for r in ranks}
@@ -276,15 +302,9 @@ class Guard:
                     break
                 where, rank = state[0], state[1]
             # a collective (no one peer): any rank may be the frozen one
-            others = chain[1:] or [r for r in range(self._world()) if r != self.rank]
-            frozen = self._frozen(others)
+            frozen = self.frozen(chain[1:] or None)
             if frozen:
-                state = self._read_state(frozen[0])
-                assert state is not None
-                ago = time.time() - state[3]
-                return (f"rank {frozen[0]} is stuck in {state[0]} (its last heartbeat was "
-                        f"{ago:.1f} s ago, in {state[0]}; the process is frozen or stopped)"
-                        f": {waited}")
+                return f"{frozen}: {waited}"
         except Exception:
             return waited
         if rank >= 0 and rank in chain:
