@@ -133,7 +133,9 @@ def _damage_tensors(root: Path, ckpt: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", [_damage_latest_binary, _damage_latest_missing,
-                                    _damage_manifest, _damage_metadata, _damage_tensors])
+                                    _damage_manifest, _damage_metadata, _damage_tensors],
+                         ids=["latest-binary", "latest-missing", "manifest", "metadata",
+                              "tensors"])
 def test_a_damaged_checkpoint_exits_1_whichever_file(tmp_path: Path, damage) -> None:
     """Whichever file is damaged (``latest`` binary or naming nothing, the manifest, DCP's
     metadata, a rank's tensors): exit 1 (invalid input), one line naming the folder."""
@@ -157,7 +159,7 @@ def test_latest_is_never_guessed_around(tmp_path: Path) -> None:
     (["--seed", "7"], "--seed 0 then, 7 now"),
     (["--lr", "0.1"], "--lr 0.003 then, 0.1 now"),
     (["--microbatch-size", "3"], "the batch (--microbatches x --microbatch-size) 4 then, 6 now"),
-])
+], ids=["seed", "lr", "batch"])
 def test_a_resume_that_changes_the_data_or_math_is_refused(tmp_path: Path, change: list[str],
                                                            said: str) -> None:
     """Another seed, learning rate or batch than the checkpoint's: exit 2 naming the old and
