@@ -40,14 +40,17 @@ from pipeblocks.runtime import checkpoint
 from pipeblocks.runtime.emulate import EmulatedStage
 from pipeblocks.runtime.executor import Executor
 from pipeblocks.runtime.faults import Guard, RankFailure, post_fault, store_client, write_error
+from pipeblocks.runtime.finite import (
+    NonFiniteError,
+    first_bad,
+    non_finite_error,
+    none,
+    watch_outputs,
+)
 from pipeblocks.runtime.p2p import one_way_ms
 
 __all__ = ["main", "build_parser", "check_args", "load_schedule", "model_config", "layout_of",
-           "NonFiniteError"]
-
-
-class NonFiniteError(PipeblocksError):
-    """A loss or gradient became NaN or infinite; the message names the step, rank and stage."""
+           "data_options"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -287,59 +290,11 @@ def _stop_non_finite(e: NonFiniteError, args: argparse.Namespace, rank: int,
         dist.destroy_process_group()
     if rank == 0:
         if args.json:
-            print(json.dumps({"status": "non-finite", **e.args[1]}), flush=True)
-        write_error(str(e.args[0]))
+            print(json.dumps({"status": "non-finite", **e.details}), flush=True)
+        write_error(str(e))
         if guard is not None:
-            post_fault(guard.store, str(e.args[0]))
+            post_fault(guard.store, str(e))
     return 1
-
-
-def _watch_outputs(mine: dict[int, torch.nn.Module], device: torch.device) -> dict[int, Any]:
-    """A flag per stage, set when its output holds a NaN or inf; no sync until read. The hook
-    sits on the stage's last part, not the stage: a hook there would stop the stage from
-    running its parts one by one (runtime.stage, note "segments")."""
-    flags = {}
-    for s, mod in mine.items():
-        flag = flags[s] = torch.zeros((), dtype=torch.bool, device=device)
-        last = mod[-1] if isinstance(mod, torch.nn.Sequential) and len(mod) > 1 else mod
-
-        def hook(_m: Any, _i: Any, out: Any, flag: torch.Tensor = flag) -> None:
-            if isinstance(out, torch.Tensor) and out.is_floating_point():
-                flag.logical_or_(~torch.isfinite(out).all())
-
-        last.register_forward_hook(hook)
-    return flags
-
-
-def _first_bad(mine: dict[int, torch.nn.Module], flags: dict[int, Any],
-               losses: tuple[float, ...] | None, S: int) -> int:
-    """This rank's first non-finite value of the step, in the order values are made: stage
-    s's output is key s (forward), the loss S, stage s's gradient 2S - s (backward runs from
-    the last stage down); 3S when all are finite. The smallest key over ranks is the origin."""
-    keys = [s for s, flag in flags.items() if bool(flag)]
-    if losses is not None and not all(math.isfinite(x) for x in losses):
-        keys.append(S)
-    for s, mod in mine.items():
-        grads = [p.grad for p in mod.parameters() if p.grad is not None]
-        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
-            keys.append(2 * S - s)
-    for flag in flags.values():
-        flag.zero_()
-    return min(keys, default=3 * S)
-
-
-def _non_finite(key: int, step: int, schedule: Schedule, args: argparse.Namespace,
-                steps: list[dict[str, Any]]) -> NonFiniteError:
-    S = schedule.spec.num_stages
-    stage, what = (key, "output") if key < S else (S - 1, "loss") if key == S else \
-        (2 * S - key, "gradient")
-    rank = schedule.spec.rank_of(stage)
-    kept = f" (earlier checkpoints stay in {args.save})" if args.save else ""
-    message = (f"step {step}: the {what} of stage {stage} (rank {rank}) is not finite (NaN or "
-               f"inf), the first such value of the step; the run stops without saving this "
-               f"state{kept}; lower --lr (now {args.lr:g}) or check the data")
-    return NonFiniteError(message, {"step": step, "rank": rank, "stage": stage, "what": what,
-                                    "loss": [s["loss"] for s in steps]})
 
 
 def _loop(
@@ -384,7 +339,7 @@ def _loop(
             guard.where = "loading the checkpoint"
         info = checkpoint.find(args.resume)
         first, run = checkpoint.load(info, mine, opt, guard), info.run
-    flags = _watch_outputs(mine, device) if args.emulate_ms is None else {}
+    flags = watch_outputs(mine, device) if args.emulate_ms is None else {}
     for step in range(first, args.steps):
         tokens, targets = synthetic_batch(cfg, batch, seed=args.seed, step=step)
         tokens, targets = tokens.to(device), targets.to(device)
@@ -398,15 +353,16 @@ def _loop(
         peak = max(peak, res.peak_activation_bytes)
         # one clock on one host: the makespan is the latest end minus the earliest start
         # and the first non-finite value (the smallest key of _first_bad, negated for MAX)
-        bad = _first_bad(mine, flags, res.losses, S)
-        loss_in = res.loss if res.loss is not None and bad == 3 * S else -math.inf
+        bad = first_bad(mine, flags, res.losses, S)
+        loss_in = res.loss if res.loss is not None and bad == none(S) else -math.inf
         t = torch.tensor([-res.start, res.end, loss_in, -bad], dtype=torch.float64,
                          device=device)
         if dist.is_initialized():
             with _waiting(guard, f"the all-reduce after step {step + 1}"):
                 dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        if -int(t[3]) < 3 * S:
-            raise _non_finite(-int(t[3]), step + 1, schedule, args, steps)
+        if -int(t[3]) < none(S):
+            raise non_finite_error(-int(t[3]), step + 1, S, stage_rank=spec.rank_of, lr=args.lr,
+                                   save=args.save, losses=[s["loss"] for s in steps])
         ms = (float(t[0]) + float(t[1])) * 1e3
         # emulated passes compute no loss
         loss = float(t[2]) if math.isfinite(float(t[2])) and args.emulate_ms is None else None

@@ -21,14 +21,8 @@ from pipeblocks.models.gpt import TinyGPT
 from pipeblocks.models.split import split
 from pipeblocks.runtime import checkpoint
 from pipeblocks.runtime.checkpoint import CheckpointError, find, save, verify
-from pipeblocks.train import (
-    _first_bad,
-    build_parser,
-    check_args,
-    data_options,
-    layout_of,
-    model_config,
-)
+from pipeblocks.runtime.finite import first_bad
+from pipeblocks.train import build_parser, check_args, data_options, layout_of, model_config
 
 pytestmark = pytest.mark.torch
 BASE = ["--schedule", "1f1b", "--ranks", "2", "--microbatches", "2", "--dim", "16", "--seq",
@@ -184,17 +178,17 @@ def test_the_manifest_holds_the_options_and_checksums(tmp_path: Path) -> None:
 
 
 def test_the_first_non_finite_value_is_found_in_the_order_values_are_made() -> None:
-    """Keys of ``_first_bad``: stage outputs in forward order, then the loss, then gradients
+    """Keys of ``first_bad``: stage outputs in forward order, then the loss, then gradients
     from the last stage down; the smallest over ranks names where it first appeared."""
     S = 4
     stages = {s: torch.nn.Linear(2, 2) for s in range(S)}
     flags = {s: torch.zeros((), dtype=torch.bool) for s in range(S)}
-    assert _first_bad(stages, flags, (1.0,), S) == 3 * S  # all finite
+    assert first_bad(stages, flags, (1.0,), S) == 3 * S  # all finite
     for s in (1, 3):
         for p in stages[s].parameters():
             p.grad = torch.full_like(p, float("nan"))
-    assert _first_bad(stages, flags, (1.0,), S) == 2 * S - 3  # backward: stage 3 came first
-    assert _first_bad(stages, flags, (1.0, float("inf")), S) == S  # the loss before that
+    assert first_bad(stages, flags, (1.0,), S) == 2 * S - 3  # backward: stage 3 came first
+    assert first_bad(stages, flags, (1.0, float("inf")), S) == S  # the loss before that
     flags[2].fill_(True)
-    assert _first_bad(stages, flags, (1.0,), S) == 2  # stage 2's output before all of them
+    assert first_bad(stages, flags, (1.0,), S) == 2  # stage 2's output before all of them
     assert not any(bool(f) for f in flags.values())  # read and cleared for the next step
