@@ -32,10 +32,11 @@ stops its guard too, so the place it last published is stale: often "waiting for
 wait that was real and brief when published. Following such a stale state made a frozen rank
 look like a cycle (``ranks 1 -> 2 -> 1 wait on each other``). So each guard also publishes a
 heartbeat (a count, every ``beat`` seconds, with its clock time), and a guard that times out
-reads the heartbeats of the ranks on its chain twice, ``4 * beat`` apart: a rank whose count
-did not move is named as the one that is stuck, with its last pass and how long ago its last
-heartbeat was (``rank 2 is stuck in 2B1 (its last heartbeat was 6.1 s ago, in 2B1; the process
-is frozen or stopped)``); only ranks that all still beat can be a deadlock.
+reads the heartbeats of the ranks on its chain (every rank, in a collective) twice, ``4 *
+beat`` apart: a rank whose count did not move (the one that stopped longest ago, if several)
+is named as the one that is stuck, with its last pass and how long ago its last heartbeat was
+(``rank 2 is stuck in 2B1 (its last heartbeat was 6.1 s ago, in 2B1; the process is frozen or
+stopped)``); only ranks that all still beat can be a deadlock.
 
     >>> describe_exit(-9), describe_exit(3)
     ('killed by signal 9 (SIGKILL)', 'exit code 3')
@@ -256,17 +257,18 @@ class Guard:
         return dist.get_world_size() if dist.is_initialized() else 0
 
     def frozen(self, ranks: list[int] | None = None) -> str:
-        """``rank 2 is stuck in 2F1 (its last heartbeat ...)`` for the first of ``ranks``
-        (default: every other rank) whose heartbeat stopped, or "" (note "frozen rank")."""
+        """``rank 2 is stuck in 2F1 (its last heartbeat ...)`` for the rank of ``ranks``
+        (default: every other rank) whose heartbeat stopped longest ago, or "" (note "frozen
+        rank"). The oldest, not the first: on a loaded host a live rank's guard may miss a
+        beat or two, while the frozen one stopped before this rank began to wait."""
         if ranks is None:
             ranks = [r for r in range(self._world()) if r != self.rank]
         found = self._frozen(ranks)
-        state = self._read_state(found[0]) if found else None
-        if state is None:
+        if not found:
             return ""
-        ago = time.time() - state[3]
-        return (f"rank {found[0]} is stuck in {state[0]} (its last heartbeat was {ago:.1f} s "
-                f"ago, in {state[0]}; the process is frozen or stopped)")
+        rank, (where, _, _, wall) = min(found.items(), key=lambda kv: kv[1][3])
+        return (f"rank {rank} is stuck in {where} (its last heartbeat was "
+                f"{time.time() - wall:.1f} s ago, in {where}; the process is frozen or stopped)")
 
     def root_cause(self, message: str) -> str:
         """After this rank's transport error (``message``): the fault a peer or the launcher
@@ -281,13 +283,17 @@ class Guard:
             frozen = ""
         return self.fail(f"{frozen}: {message}" if frozen else message)
 
-    def _frozen(self, ranks: list[int]) -> list[int]:
-        """Those of ``ranks`` whose heartbeat does not move in ``4 * beat`` seconds."""
+    def _frozen(self, ranks: list[int]) -> dict[int, tuple[str, int, int, float]]:
+        """Those of ``ranks`` whose heartbeat does not move in ``4 * beat`` seconds, with the
+        state each last published."""
         before = {r: self._read_state(r) for r in ranks}
         time.sleep(4 * self.beat)
-        after = {r: self._read_state(r) for r in ranks}
-        return [r for r in ranks if before[r] is not None and after[r] is not None
-                and before[r][2] == after[r][2]]  # type: ignore[index]
+        out = {}
+        for r in ranks:
+            state, old = self._read_state(r), before[r]
+            if state is not None and old is not None and state[2] == old[2]:
+                out[r] = state
+        return out
 
     def _timeout_message(self, what: str, since: float, peer: int) -> str:
         """Follow the chain of waiting ranks to the one that makes no progress."""
