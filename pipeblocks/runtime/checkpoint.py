@@ -318,9 +318,10 @@ def load(info: CheckpointInfo, stages: Mapping[int, nn.Module],
         meta = saved.get(key)
         if not isinstance(meta, TensorStorageMetadata) or tuple(meta.size) != tuple(tensor.shape):
             got = "missing" if meta is None else f"of shape {tuple(getattr(meta, 'size', ()))}"
-            raise SpecError(f"--resume {info.path}: {key} is {got} in the checkpoint, this run "
-                            f"has shape {tuple(tensor.shape)}; the checkpoint is of another "
-                            f"model")
+            raise CheckpointError(f"--resume {info.path}: {key} is {got} in the checkpoint, "
+                                  f"this run has shape {tuple(tensor.shape)}, as its manifest "
+                                  f"says: the checkpoint is damaged or of another model; "
+                                  f"resume from another one or start afresh")
     index: dict[int, int] = {}
     names = _param_names(stages)
     optim: dict[str, torch.Tensor] = {}

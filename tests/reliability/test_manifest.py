@@ -20,7 +20,7 @@ from fuzzkit import no_launch, run_cli
 from pipeblocks.models.gpt import TinyGPT
 from pipeblocks.models.split import split
 from pipeblocks.runtime import checkpoint
-from pipeblocks.runtime.checkpoint import CheckpointError, find, save, verify
+from pipeblocks.runtime.checkpoint import CheckpointError, find, load, save, verify
 from pipeblocks.runtime.finite import first_bad
 from pipeblocks.train import build_parser, check_args, data_options, layout_of, model_config
 
@@ -192,3 +192,12 @@ def test_the_first_non_finite_value_is_found_in_the_order_values_are_made() -> N
     flags[2].fill_(True)
     assert first_bad(stages, flags, (1.0,), S) == 2  # stage 2's output before all of them
     assert not any(bool(f) for f in flags.values())  # read and cleared for the next step
+
+
+def test_tensors_unlike_their_manifest_are_damage(tmp_path: Path) -> None:
+    """A manifest that matches this run over tensors of other shapes: CheckpointError (exit 1,
+    as any damaged checkpoint), naming the tensor and both shapes."""
+    save(tmp_path, 1, {0: torch.nn.Linear(2, 2)}, None, layout=[1], model={})
+    with pytest.raises(CheckpointError, match=r"weight is of shape \(2, 2\) in the checkpoint, "
+                                              r"this run has shape \(3, 3\)"):
+        load(find(tmp_path), {0: torch.nn.Linear(3, 3)}, None)
