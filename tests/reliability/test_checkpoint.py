@@ -164,10 +164,10 @@ def test_find_refuses_what_is_not_a_checkpoint(tmp_path: Path) -> None:
         find(tmp_path)
 
 
-def _save_forever(folder: Path) -> None:
+def _save_forever(folder: Path, ready) -> None:
     """The child: checkpoints back to back; before saving step k every parameter and every
     optimizer state tensor is set to k, so a checkpoint is whole exactly when all its tensors
-    equal the step in its pipeblocks.json."""
+    equal the step in its pipeblocks.json. Sets ``ready`` when it starts saving."""
     torch.set_num_threads(1)
     net = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.Linear(256, 256))
     opt = torch.optim.Adam(net.parameters())
@@ -177,6 +177,7 @@ def _save_forever(folder: Path) -> None:
         step = find(folder).step + 1
     except CheckpointError:
         step = 1
+    ready.set()
     while True:
         with torch.no_grad():
             for p in net.parameters():
@@ -197,8 +198,12 @@ def test_killed_at_random_moments_a_whole_checkpoint_remains(tmp_path: Path) -> 
     rng = random.Random(9)
     steps_seen = []
     for _ in range(12):
-        child = ctx.Process(target=_save_forever, args=(tmp_path,), daemon=True)
+        ready = ctx.Event()
+        child = ctx.Process(target=_save_forever, args=(tmp_path, ready), daemon=True)
         child.start()
+        # the moments count from the first save: building the child's model and optimizer
+        # (a lazy import of torch._dynamo on a loaded host) took longer than 0.4 s
+        assert ready.wait(60)
         time.sleep(rng.uniform(0.05, 0.4))
         assert child.pid is not None
         os.kill(child.pid, signal.SIGKILL)
