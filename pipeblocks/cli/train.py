@@ -19,6 +19,7 @@ torch at module level, so ``pipeblocks --help`` works anywhere.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -33,7 +34,8 @@ if TYPE_CHECKING:
     from pipeblocks.models.gpt import GPTConfig
     from pipeblocks.runtime.trainer import TrainPlan
 
-__all__ = ["register", "run", "add_train_args", "to_argv", "MODELS", "build_plan", "rank_main",
+__all__ = ["register", "run", "add_train_args", "to_argv", "MODELS", "build_plan", "build_parser",
+           "rank_main",
            "model_config", "layout_of", "load_model"]
 
 MODELS = ("tiny-gpt",)
@@ -100,7 +102,15 @@ def add_train_args(p: argparse.ArgumentParser, *, ranks_required: bool) -> None:
                    help="with --save: also save after every K-th step")
     p.add_argument("--resume", metavar="DIR", default=None,
                    help="continue from the newest checkpoint in DIR (or that checkpoint "
-                   "folder): any schedule with the same stage layout; --steps is the total")
+                   "folder): any schedule with the same stage layout; --steps is the total; "
+                   "refused if a file fails its checksum, or if --seed, --lr or the batch "
+                   "differ from the checkpoint's")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: continue even though --seed, --lr or the batch "
+                   "(microbatches x microbatch size) differ from the checkpoint's")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --save: save into a folder that holds another run's checkpoints "
+                   "(refused otherwise); they are kept unless this run saves the same steps")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object as the last line of stdout")
 
@@ -140,6 +150,7 @@ _FLAGS = [
     ("emulate_ms", "--emulate-ms"), ("check_grads", "--check-grads"), ("memory", "--memory"),
     ("timeout", "--timeout"), ("threads", "--threads"), ("json", "--json"),
     ("save", "--save"), ("save_every", "--save-every"), ("resume", "--resume"),
+    ("allow_changes", "--allow-changes"), ("overwrite", "--overwrite"),
 ]
 
 
@@ -181,13 +192,13 @@ def build_plan(args: argparse.Namespace, world: int | None = None) -> TrainPlan:
     else:
         source = load_model(args.model)(S, args.seed)
         layout = _source_layout(args, source, S)
-    resume = _check_checkpoint_args(args, source.describe(), layout)
     options = TrainOptions(
         steps=args.steps, microbatch_size=args.microbatch_size, lr=args.lr, seed=args.seed,
         emulate_ms=args.emulate_ms, check_grads=args.check_grads, memory=args.memory,
         timeout=args.timeout, threads=args.threads, save=args.save, save_every=args.save_every)
-    return TrainPlan(schedule, source, layout, options,
-                     name=schedule.name or str(args.schedule_file), resume=resume)
+    plan = TrainPlan(schedule, source, layout, options,
+                     name=schedule.name or str(args.schedule_file))
+    return dataclasses.replace(plan, resume=_check_checkpoint_args(args, plan))
 
 
 def load_schedule(args: argparse.Namespace, num_ranks: int) -> Schedule:
@@ -299,10 +310,9 @@ def _source_layout(args: argparse.Namespace, source: Any, num_stages: int) -> tu
     return even_layout(len(layers_of(source.build())), num_stages)
 
 
-def _check_checkpoint_args(args: argparse.Namespace, described: dict[str, Any],
-                           layout: tuple[int, ...]) -> Any:
+def _check_checkpoint_args(args: argparse.Namespace, plan: TrainPlan) -> Any:
     """--save / --save-every / --resume: refused here, before any process or message; the
-    checkpoint to resume from (found once), or None."""
+    checkpoint to resume from (found once, its files' checksums verified), or None."""
     if args.save_every is not None and args.save is None:
         raise SpecError("--save-every needs --save DIR")
     if args.save is not None and os.path.exists(args.save) and not os.path.isdir(args.save):
@@ -312,35 +322,67 @@ def _check_checkpoint_args(args: argparse.Namespace, described: dict[str, Any],
                         "--emulate-ms")
     if args.resume is not None and args.check_grads:
         raise SpecError("--check-grads compares step 1 with a fresh model; drop it with --resume")
-    if args.resume is None:
-        return None
+    from pipeblocks.runtime import checkpoint
+    from pipeblocks.runtime.trainer import DATA_OPTIONS
+
+    info = None
+    if args.resume is not None:
+        info = checkpoint.find(args.resume)
+        checkpoint.check_compatible(info, plan.layout, plan.model.describe())
+        if not args.allow_changes:
+            checkpoint.check_options(info, plan.data_options(), DATA_OPTIONS, "--allow-changes")
+        if info.step >= args.steps:
+            raise SpecError(f"--resume {info.path} is after step {info.step} but --steps is "
+                            f"{args.steps} (the total): nothing to run; use --steps "
+                            f"{info.step + 1} or more")
+        checkpoint.verify(info)  # every file's checksum: damage is refused before training
+    if args.save is not None and not args.overwrite:
+        _check_save_folder(args.save, info)
+    return info
+
+
+def _check_save_folder(folder: str, resumed: Any) -> None:
+    """Refuse to save among another run's checkpoints (note: nothing lost, docs/reliability)."""
+    from pathlib import Path
+
     from pipeblocks.runtime import checkpoint
 
-    info = checkpoint.find(args.resume)
-    checkpoint.check_compatible(info, layout, described)
-    if info.step >= args.steps:
-        raise SpecError(f"--resume {info.path} is after step {info.step} but --steps is "
-                        f"{args.steps} (the total): nothing to run; use --steps "
-                        f"{info.step + 1} or more")
-    return info
+    theirs = [i for i in checkpoint.complete(Path(folder))
+              if resumed is None or i.run != resumed.run]
+    if theirs:
+        raise SpecError(f"--save {folder} holds checkpoints of another run (the newest "
+                        f"{theirs[-1].path.name}); continue that run with --resume {folder}, "
+                        f"save into a new folder, or pass --overwrite to save there anyway")
 
 
 # -- one rank: python -m pipeblocks.train ----------------------------------------------------
 
-def rank_main(argv: list[str] | None = None) -> int:
-    """One pipeline rank (``python -m pipeblocks.train``, what torchrun and `train` start)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The options of one rank (``python -m pipeblocks.train``): `train`'s, --ranks optional."""
     p = argparse.ArgumentParser(
         prog="python -m pipeblocks.train",
         description="One pipeline rank (start P of them with torchrun or `pipeblocks train`).",
     )
     add_train_args(p, ranks_required=False)
-    args = p.parse_args(argv)
+    return p
+
+
+def rank_main(argv: list[str] | None = None) -> int:
+    """One pipeline rank (``python -m pipeblocks.train``, what torchrun and `train` start)."""
+    args = build_parser().parse_args(argv)
     from pipeblocks.runtime.faults import RankFailure, write_error
+    from pipeblocks.runtime.finite import NonFiniteError
     from pipeblocks.runtime.trainer import run_rank
 
     try:
         plan = build_plan(args, int(os.environ.get("WORLD_SIZE", "1")))
         report = run_rank(plan, on_step=None if args.json else _step_line(plan))
+    except NonFiniteError as e:  # every rank stops with exit 1; rank 0 says why
+        if int(os.environ.get("RANK", "0")) == 0:
+            if args.json:
+                print(json.dumps({"status": "non-finite", **e.details}), flush=True)
+            write_error(str(e))
+        return 1
     except SpecError as e:
         write_error(str(e))  # one write: the ranks share stderr (faults: "one line per rank")
         return 2

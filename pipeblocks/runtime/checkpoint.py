@@ -6,8 +6,9 @@ tensors of the stages it holds, under keys named by the *global* stage
 schedule whose stages are the same model chunks can load it, whatever rank holds which stage:
 1F1B on 4 ranks, v-half on 2 (4 stages, V placement) and interleaved 1F1B on 2 (4 stages,
 loop) share one layout. A different layout (stage count, blocks per stage, model sizes) is
-refused before any communication. Beside the tensors, ``pipeblocks.json`` holds the step count
-and the layout.
+refused before any communication. Beside the tensors, ``pipeblocks.json`` (the manifest,
+:mod:`pipeblocks.runtime.manifest`) holds the step, the layout, the run, the options that
+change the data or the math, and a SHA-256 of every file, verified before a resume.
 
 A folder of checkpoints::
 
@@ -18,7 +19,8 @@ A folder of checkpoints::
 A checkpoint is written under the temporary name and renamed when every rank has written and
 synced its files, then ``latest`` is replaced (write, sync, rename): a process killed at any
 moment leaves the previous checkpoint intact and named by ``latest``. The newest ``keep``
-complete checkpoints are kept.
+complete checkpoints *of the same run* (by their own step, never the one just written) are
+kept; another run's checkpoints in the folder are never pruned.
 
 Loading unpickles nothing but DCP's own metadata classes: tensors are read by DCP with
 ``torch.load(weights_only=True)``, and its ``.metadata`` file (a pickle) through an unpickler
@@ -50,7 +52,6 @@ import pickle
 import shutil
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,30 +65,27 @@ from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadat
 
 from pipeblocks.errors import SpecError
 from pipeblocks.runtime.faults import Guard, RankFailure
+from pipeblocks.runtime.manifest import (
+    FORMAT,
+    LATEST,
+    META,
+    PREFIX,
+    TMP,
+    CheckpointError,
+    CheckpointInfo,
+    check_compatible,
+    check_options,
+    complete,
+    digests,
+    find,
+    manifest,
+    verify,
+)
 
-__all__ = ["CheckpointInfo", "save", "find", "load", "check_compatible", "read_tensors", "META",
-           "FORMAT"]
+__all__ = ["CheckpointInfo", "CheckpointError", "save", "find", "verify", "load",
+           "check_compatible", "check_options", "read_tensors", "META", "FORMAT"]
 
 log = logging.getLogger(__name__)
-
-FORMAT = "pipeblocks-checkpoint"
-META = "pipeblocks.json"
-_LATEST = "latest"
-_PREFIX = "step-"
-_TMP = ".tmp-"
-
-
-@dataclass(frozen=True, slots=True)
-class CheckpointInfo:
-    """A complete checkpoint on disk: where, after which step, and the layout it holds."""
-
-    path: Path
-    step: int
-    num_stages: int
-    layout: tuple[int, ...]
-    model: dict[str, Any]
-    schedule: str
-
 
 # --- saving -----------------------------------------------------------------------------------
 
@@ -159,7 +157,7 @@ def _collective(what: str, guard: Guard | None, fix: str = "") -> Iterator[None]
         msg = f"rank {rank} failed in {what}: {_detail(e)}"
         if guard is None:
             raise RankFailure(msg) from None
-        cause = guard.posted(within=2.0) or guard.fail(msg)
+        cause = guard.root_cause(msg)
         guard.stand_down()
         raise RankFailure(cause if cause == msg else f"rank {rank} stops in {what}: {cause}") \
             from None
@@ -180,7 +178,7 @@ def _quiet() -> Iterator[None]:
 
 def _write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that a reader sees the old content or the new, whole."""
-    tmp = path.with_name(f"{_TMP}{path.name}")
+    tmp = path.with_name(f"{TMP}{path.name}")
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
@@ -205,6 +203,8 @@ def save(
     layout: Sequence[int],
     model: Mapping[str, Any],
     schedule: str = "",
+    run: str = "",
+    options: Mapping[str, Any] | None = None,
     keep: int = 2,
     guard: Guard | None = None,
 ) -> Path:
@@ -212,12 +212,14 @@ def save(
 
     Collective: every rank of the process group calls it with its own stages. ``layout`` (parts
     per stage) and ``model`` (a JSON-able description of the model's sizes) are what a resume
-    must match. A rank that fails to write stops every rank (through ``guard``) with a
+    must match; ``run`` names the run (pruning keeps its newest ``keep`` and touches no other
+    run's) and ``options`` the values that change the data or the math (a resume must match
+    them). A rank that fails to write stops every rank (through ``guard``) with a
     :class:`RankFailure` naming it. Returns the complete checkpoint's folder.
     """
     root = Path(folder)
-    name = f"{_PREFIX}{step:08d}"
-    final, tmp = root / name, root / f"{_TMP}{name}"
+    name = f"{PREFIX}{step:08d}"
+    final, tmp = root / name, root / f"{TMP}{name}"
     rank = _rank()
     what = f"saving the checkpoint of step {step}"
     state = {**_model_state(stages), **_optim_state(stages, optimizer)}
@@ -230,93 +232,32 @@ def save(
         dcp.save(state, storage_writer=FileSystemWriter(tmp, sync_files=True),
                  no_dist=not dist.is_initialized())
     if rank == 0:
-        meta = {"format": FORMAT, "version": 1, "step": step, "num_stages": len(layout),
-                "layout": list(layout), "model": dict(model), "schedule": schedule}
+        meta = manifest(step, layout, model, schedule=schedule, run=run, options=options,
+                        files=digests(tmp))  # every rank's files are synced (dcp.save)
         _write_atomic(tmp / META, json.dumps(meta, indent=1) + "\n")
         _sync_dir(tmp)
-        old = root / f"{_TMP}old-{name}"
+        old = root / f"{TMP}old-{name}"
         if final.exists():  # the same step saved again (a resumed run): swap, then drop
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
         os.replace(tmp, final)
-        _write_atomic(root / _LATEST, name + "\n")
+        _write_atomic(root / LATEST, name + "\n")
         _sync_dir(root)
         shutil.rmtree(old, ignore_errors=True)
-        for stale in _complete(root)[:-keep] if keep > 0 else []:
-            shutil.rmtree(stale, ignore_errors=True)
+        _prune(root, final, run, keep)
         log.info("saved %s", final)
     with _collective(what, guard):
         _barrier()
     return final
 
 
-def _complete(root: Path) -> list[Path]:
-    """The complete checkpoints in ``root``, oldest first."""
-    found = [p for p in root.glob(f"{_PREFIX}*") if p.is_dir() and (p / META).is_file()]
-    return sorted(found, key=lambda p: p.name)
-
-
-# --- finding and checking ---------------------------------------------------------------------
-
-def find(path: str | os.PathLike[str]) -> CheckpointInfo:
-    """The checkpoint at ``path``: a checkpoint folder itself, or a folder of them (then the
-    one ``latest`` names, else the newest complete one). Reads files only (no communication)."""
-    root = Path(path)
-    chosen: Path | None = None
-    if (root / META).is_file():
-        chosen = root
-    else:
-        if not root.is_dir():
-            raise SpecError(f"--resume {root}: no such folder; give the --save folder of an "
-                            f"earlier run")
-        latest = root / _LATEST
-        if latest.is_file():
-            named = root / latest.read_text().strip()
-            if (named / META).is_file():
-                chosen = named
-        if chosen is None:
-            complete = _complete(root)
-            if not complete:
-                raise SpecError(f"--resume {root}: no complete checkpoint in it (a folder "
-                                f"holding {META}); start without --resume")
-            chosen = complete[-1]
-    try:
-        meta = json.loads((chosen / META).read_text())
-        if meta.get("format") != FORMAT or meta.get("version") != 1:
-            raise ValueError(f"format {meta.get('format')!r} version {meta.get('version')!r}")
-        return CheckpointInfo(chosen, int(meta["step"]), int(meta["num_stages"]),
-                              tuple(int(x) for x in meta["layout"]), dict(meta["model"]),
-                              str(meta.get("schedule", "")))
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise SpecError(f"--resume {chosen}: {META} is not a pipeblocks checkpoint's ({e})") \
-            from None
-
-
-def check_compatible(info: CheckpointInfo, layout: Sequence[int],
-                     model: Mapping[str, Any]) -> None:
-    """Refuse a checkpoint whose stages are not this run's model chunks.
-
-    A schedule only changes the order of the passes, so any schedule with the same stage count,
-    parts per stage and model sizes may resume it; anything else cannot map its tensors.
-    """
-    mine = (len(layout), tuple(layout), dict(model))
-    theirs = (info.num_stages, info.layout, info.model)
-    if mine == theirs:
+def _prune(root: Path, final: Path, run: str, keep: int) -> None:
+    """Keep ``final`` and the newest ``keep - 1`` other checkpoints of ``run`` (by step)."""
+    if keep <= 0:
         return
-    diffs = []
-    if info.num_stages != len(layout):
-        diffs.append(f"it has {info.num_stages} stages, this run {len(layout)}")
-    elif info.layout != tuple(layout):
-        diffs.append(f"its parts per stage are {','.join(map(str, info.layout))}, this run's "
-                     f"{','.join(map(str, layout))}")
-    for k in sorted(set(info.model) | set(model)):
-        if info.model.get(k) != model.get(k):
-            diffs.append(f"its model {k} is {info.model.get(k)}, this run's {model.get(k)}")
-    raise SpecError(
-        f"--resume {info.path}: the checkpoint's stage layout differs from this run's ("
-        f"{'; '.join(diffs)}); resume with a schedule of {info.num_stages} stages (p * v = "
-        f"{info.num_stages}) and the same model options, or start without --resume"
-    )
+    ours = [i.path for i in complete(root) if i.run == run and i.path != final]
+    for stale in ours[:max(len(ours) - (keep - 1), 0)]:
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 # --- loading ----------------------------------------------------------------------------------
@@ -370,15 +311,17 @@ def load(info: CheckpointInfo, stages: Mapping[int, nn.Module],
     try:
         saved = reader.read_metadata().state_dict_metadata
     except (OSError, pickle.UnpicklingError, EOFError) as e:
-        raise SpecError(f"--resume {info.path}: cannot read the checkpoint ({e})") from None
+        raise CheckpointError(f"--resume {info.path}: cannot read the checkpoint ({e}); it is "
+                              f"damaged: resume from an earlier one or start afresh") from None
     model = _model_state(stages)
     for key, tensor in model.items():
         meta = saved.get(key)
         if not isinstance(meta, TensorStorageMetadata) or tuple(meta.size) != tuple(tensor.shape):
             got = "missing" if meta is None else f"of shape {tuple(getattr(meta, 'size', ()))}"
-            raise SpecError(f"--resume {info.path}: {key} is {got} in the checkpoint, this run "
-                            f"has shape {tuple(tensor.shape)}; the checkpoint is of another "
-                            f"model")
+            raise CheckpointError(f"--resume {info.path}: {key} is {got} in the checkpoint, "
+                                  f"this run has shape {tuple(tensor.shape)}, as its manifest "
+                                  f"says: the checkpoint is damaged or of another model; "
+                                  f"resume from another one or start afresh")
     index: dict[int, int] = {}
     names = _param_names(stages)
     optim: dict[str, torch.Tensor] = {}

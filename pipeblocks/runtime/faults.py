@@ -13,6 +13,7 @@ store (the launcher's, or torchrun's agent store):
   follows the chain of waiting ranks (each guard publishes where its rank is) to the one that
   makes no progress: ``rank 1 is stuck in 1F2: rank 2 timed out after 60 s in 2F2 waiting for
   act 1->2 #2 from rank 1``. So a rank that hangs, or dies without a word, stops the others.
+  See the note "frozen rank" for a rank whose whole process stops.
   The launcher also posts ``rank 2 died (killed by signal 9 (SIGKILL))`` when a process ends
   badly.
 - A lost store (the launcher is gone) stops the rank as well.
@@ -26,6 +27,17 @@ other rank says where it stopped and the cause's :func:`headline`, who failed wh
 stops in 0F3 (waiting for act 2->3 #3 from rank 2): rank 2 failed in 2F3``). The launcher
 repeats the root cause in full as the run's last line.
 
+Note "frozen rank": a process that stops as a whole (SIGSTOP, a swapped-out or wedged host)
+stops its guard too, so the place it last published is stale: often "waiting for rank 1", a
+wait that was real and brief when published. Following such a stale state made a frozen rank
+look like a cycle (``ranks 1 -> 2 -> 1 wait on each other``). So each guard also publishes a
+heartbeat (a count, every ``beat`` seconds, with its clock time), and a guard that times out
+reads the heartbeats of the ranks on its chain (every rank, in a collective) twice, ``4 *
+beat`` apart: a rank whose count did not move (the one that stopped longest ago, if several)
+is named as the one that is stuck, with its last pass and how long ago its last heartbeat was
+(``rank 2 is stuck in 2B1 (its last heartbeat was 6.1 s ago, in 2B1; the process is frozen or
+stopped)``); only ranks that all still beat can be a deadlock.
+
     >>> describe_exit(-9), describe_exit(3)
     ('killed by signal 9 (SIGKILL)', 'exit code 3')
     >>> headline("rank 1 failed in loading the checkpoint c/step-3: EOFError; it is damaged")
@@ -35,6 +47,7 @@ repeats the root cause in full as the run's last line.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -111,11 +124,15 @@ class Guard:
     """The watchdog of one rank (see the module docstring)."""
 
     def __init__(
-        self, rank: int, timeout: float = 60.0, poll: float = 0.1, store: dist.Store | None = None
+        self, rank: int, timeout: float = 60.0, poll: float = 0.1, store: dist.Store | None = None,
+        beat: float = 0.5,
     ) -> None:
         self.rank = rank
         self.timeout = timeout
         self.poll = poll
+        self.beat = beat  # seconds between heartbeats (note "frozen rank")
+        self._beats = 0
+        self._beat_at = -math.inf
         self.store = store if store is not None else store_client(max(timeout, 10.0))
         self.where = "start-up"  # the pass or phase the main thread is in
         # (what, since, peer) while the main thread is blocked on a message
@@ -218,12 +235,65 @@ class Guard:
             return
 
     def _publish(self) -> None:
-        """Tell the other guards where this rank is (read when one of them times out)."""
+        """Tell the other guards where this rank is (read when one of them times out), with a
+        heartbeat at least every ``beat`` seconds (note "frozen rank")."""
         wait = self._wait
         state = f"{self.where}\t{wait[2] if wait else -1}"
-        if state != self._state:
-            self.store.set(f"{_STATE}{self.rank}", state)
-            self._state = state
+        now = time.monotonic()
+        if state != self._state or now - self._beat_at >= self.beat:
+            self._beats += 1
+            self.store.set(f"{_STATE}{self.rank}", f"{state}\t{self._beats}\t{time.time():.3f}")
+            self._state, self._beat_at = state, now
+
+    def _read_state(self, rank: int) -> tuple[str, int, int, float] | None:
+        """(where, rank waited on or -1, heartbeat count, its clock) as ``rank`` published."""
+        if not self.store.check([f"{_STATE}{rank}"]):
+            return None
+        where, nxt, beats, wall = self.store.get(f"{_STATE}{rank}").decode().split("\t")
+        return where, int(nxt), int(beats), float(wall)
+
+    @staticmethod
+    def _world() -> int:
+        return dist.get_world_size() if dist.is_initialized() else 0
+
+    def frozen(self, ranks: list[int] | None = None) -> str:
+        """``rank 2 is stuck in 2F1 (its last heartbeat ...)`` for the rank of ``ranks``
+        (default: every other rank) whose heartbeat stopped longest ago, or "" (note "frozen
+        rank"). The oldest, not the first: on a loaded host a live rank's guard may miss a
+        beat or two, while the frozen one stopped before this rank began to wait."""
+        if ranks is None:
+            ranks = [r for r in range(self._world()) if r != self.rank]
+        found = self._frozen(ranks)
+        if not found:
+            return ""
+        rank, (where, _, _, wall) = min(found.items(), key=lambda kv: kv[1][3])
+        return (f"rank {rank} is stuck in {where} (its last heartbeat was "
+                f"{time.time() - wall:.1f} s ago, in {where}; the process is frozen or stopped)")
+
+    def root_cause(self, message: str) -> str:
+        """After this rank's transport error (``message``): the fault a peer or the launcher
+        posts within 2 s (a rank died), else a frozen rank (before ``message``), else
+        ``message``; posted, and returned."""
+        cause = self.posted(within=2.0)
+        if cause:
+            return cause
+        try:
+            frozen = self.frozen()
+        except Exception:  # the store is gone: say what this rank saw
+            frozen = ""
+        return self.fail(f"{frozen}: {message}" if frozen else message)
+
+    def _frozen(self, ranks: list[int]) -> dict[int, tuple[str, int, int, float]]:
+        """Those of ``ranks`` whose heartbeat does not move in ``4 * beat`` seconds, with the
+        state each last published."""
+        before = {r: self._read_state(r) for r in ranks}
+        time.sleep(4 * self.beat)
+        out = {}
+        for r in ranks:
+            state, old = self._read_state(r), before[r]
+            if state is not None and old is not None and state[2] == old[2]:
+                out[r] = state
+        return out
 
     def _timeout_message(self, what: str, since: float, peer: int) -> str:
         """Follow the chain of waiting ranks to the one that makes no progress."""
@@ -233,10 +303,14 @@ class Guard:
         try:
             while rank >= 0 and rank not in chain:
                 chain.append(rank)
-                if not self.store.check([f"{_STATE}{rank}"]):
+                state = self._read_state(rank)
+                if state is None:
                     break
-                where, _, nxt = self.store.get(f"{_STATE}{rank}").decode().partition("\t")
-                rank = int(nxt)
+                where, rank = state[0], state[1]
+            # a collective (no one peer): any rank may be the frozen one
+            frozen = self.frozen(chain[1:] or None)
+            if frozen:
+                return f"{frozen}: {waited}"
         except Exception:
             return waited
         if rank >= 0 and rank in chain:

@@ -101,6 +101,9 @@ def launch(
         for r in range(num_ranks):
             rank_vars = dict(base)
             rank_vars.update(rank_env(r, num_ranks, store.port, threads))
+            # c10d logs a lost store (the launcher killed) as a warning with a C++ stack per
+            # rank; each rank's guard already says it in one line. A user's setting wins.
+            rank_vars.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
             stdout: Any
             stderr: Any
             if capture:

@@ -13,9 +13,12 @@ Step time is the pipeline's makespan: from the earliest rank's start to the late
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import re
 import statistics
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -30,13 +33,24 @@ from pipeblocks.ir.schedule import Schedule
 from pipeblocks.runtime import checkpoint
 from pipeblocks.runtime.emulate import EmulatedStage
 from pipeblocks.runtime.executor import Executor
-from pipeblocks.runtime.faults import Guard, RankFailure, write_error
+from pipeblocks.runtime.faults import Guard, RankFailure, post_fault, store_client, write_error
+from pipeblocks.runtime.finite import (
+    NonFiniteError,
+    first_bad,
+    non_finite_error,
+    none,
+    watch_outputs,
+)
 from pipeblocks.runtime.p2p import one_way_ms
 from pipeblocks.runtime.split import layers_of, split
 from pipeblocks.runtime.ties import unique_parameters
 from pipeblocks.runtime.tree import call, flatten, unflatten, wanted_side
 
-__all__ = ["ModelSource", "TrainOptions", "TrainPlan", "run_rank", "train"]
+# The options a resume must match unless the user allows changes, and their flags.
+DATA_OPTIONS = {"seed": "--seed", "batch": "the batch (--microbatches x --microbatch-size)",
+                "lr": "--lr"}
+
+__all__ = ["DATA_OPTIONS", "ModelSource", "TrainOptions", "TrainPlan", "run_rank", "train"]
 
 
 class ModelSource(Protocol):
@@ -102,6 +116,11 @@ class TrainPlan:
     name: str
     resume: checkpoint.CheckpointInfo | None = None
 
+    def data_options(self) -> dict[str, Any]:
+        """What changes the data or the math beside the model: stored in each checkpoint's
+        manifest, and a resume must match it (see :data:`DATA_OPTIONS`)."""
+        return {"seed": self.options.seed, "batch": self.batch_size, "lr": self.options.lr}
+
     @property
     def batch_size(self) -> int:
         return self.schedule.spec.num_microbatches * self.options.microbatch_size
@@ -125,12 +144,16 @@ def run_rank(plan: TrainPlan, on_step: OnStep | None = None) -> dict[str, Any]:
     device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
+    model = build_model(plan, rank)  # before the group: a rank that cannot says so itself
     if world > 1 or "MASTER_PORT" in os.environ:
         dist.init_process_group("nccl" if cuda else "gloo",
                                 timeout=timedelta(seconds=plan.options.timeout + 30))
     guard = Guard(rank, timeout=plan.options.timeout) if dist.is_initialized() else None
     try:
-        report = train(plan, device=device, guard=guard, on_step=on_step)
+        report = train(plan, device=device, guard=guard, on_step=on_step, model=model)
+    except NonFiniteError as e:  # every rank saw it in the same all-reduce: a clean stop
+        _stop_non_finite(e, rank, guard)
+        raise
     except Exception as e:
         _stop(rank, e, guard)
     if guard is not None:
@@ -143,14 +166,14 @@ def run_rank(plan: TrainPlan, on_step: OnStep | None = None) -> dict[str, Any]:
 def _stop(rank: int, e: Exception, guard: Guard | None) -> None:
     """Write this rank's one line and leave the process (the group may wait on a dead peer)."""
     message = str(e)
-    if not isinstance(e, RankFailure):  # outside a pass: still stop the others at once
+    if not isinstance(e, RankFailure | OutOfMemory):  # outside a pass: stop the others now
         text = (str(e).strip().splitlines() or [""])[0][:300]
         message = f"rank {rank} failed: {type(e).__name__}: {text}"
         if guard is not None:
             # A transport error here (the barrier or all-reduce between steps) usually means a
             # peer died: as the executor does, report the root cause the launcher posts within
             # 2 s rather than this rank's "connection reset".
-            cause = guard.posted(within=2.0) or guard.fail(message)
+            cause = guard.root_cause(message)  # (or a frozen rank: see faults)
             if cause != message:
                 message = f"rank {rank} stops in {guard.where}: {cause}"
     code = 2 if isinstance(e, SpecError) else 1
@@ -161,19 +184,65 @@ def _stop(rank: int, e: Exception, guard: Guard | None) -> None:
     os._exit(code)
 
 
+def _stop_non_finite(e: NonFiniteError, rank: int, guard: Guard | None) -> None:
+    """Every rank leaves the group together; rank 0 posts the cause as the run's fault (the
+    launcher's last line) once every guard is off. The caller reports it and exits 1."""
+    if guard is not None:
+        guard.stop()
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    if rank == 0 and guard is not None:
+        post_fault(guard.store, str(e))
+
+
+class OutOfMemory(PipeblocksError):
+    """A rank could not build its model: the message names the rank and the size it tried."""
+
+
+def _out_of_memory(e: RuntimeError, rank: int, model: ModelSource) -> OutOfMemory:
+    """One line for a model too large to build, posted as the run's fault for the launcher's
+    last line; any other error is raised as it was."""
+    text = str(e)
+    if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in text:
+        raise e
+    got = re.search(r"allocate (\d+) bytes", text)  # CPU; CUDA says "20.00 GiB"
+    cuda = re.search(r"[Tt]ried to allocate ([\d.]+ \w+)", text)
+    size = f"{int(got.group(1)) / 2**30:,.1f} GiB" if got else cuda.group(1) if cuda else "?"
+    sizes = ", ".join(f"{k} {v}" for k, v in model.describe().items())
+    message = (f"rank {rank} ran out of memory building the model: it tried to allocate "
+               f"{size} ({sizes}); use smaller sizes")
+    if "MASTER_PORT" in os.environ:
+        post_fault(store_client(10.0), message)
+    return OutOfMemory(message)
+
+
+def build_model(plan: TrainPlan, rank: int) -> Any:
+    """The whole model (every rank builds it, from the same seed); a model too large to build
+    is an :class:`OutOfMemory` naming the rank and the size it tried."""
+    try:
+        return plan.model.build()
+    except RuntimeError as e:  # torch.OutOfMemoryError is one too
+        raise _out_of_memory(e, rank, plan.model) from None
+
+
 def train(plan: TrainPlan, *, device: torch.device, guard: Guard | None = None,
-          on_step: OnStep | None = None) -> dict[str, Any]:
-    """Run the plan's steps on this rank (the process group, if any, is initialised)."""
+          on_step: OnStep | None = None, model: Any = None) -> dict[str, Any]:
+    """Run the plan's steps on this rank (the process group, if any, is initialised);
+    ``model``: the plan's model already built (:func:`build_model`), else built here."""
     opts, spec = plan.options, plan.schedule.spec
     rank = dist.get_rank() if dist.is_initialized() else 0
-    model = plan.model.build()
+    if model is None:
+        model = build_model(plan, rank)
     parts = split(model, spec.num_stages, plan.layout)
     mine: dict[int, nn.Module] = {s: parts[s] for s in spec.stages_of(rank)}
     ex, opt = _executor(plan, mine, device, guard)
     first = 0
+    run = uuid.uuid4().hex[:12]  # a fresh run's name; a resumed run keeps its checkpoint's
     if plan.resume is not None:
         _where(guard, "loading the checkpoint")
-        first = checkpoint.load(plan.resume, mine, opt, guard)
+        first, run = checkpoint.load(plan.resume, mine, opt, guard), plan.resume.run
+    flags = watch_outputs(mine, device) if opts.emulate_ms is None else {}
     names = {id(p): n for n, p in _named(model)}
     # emulation compares with the simulator, which needs the transfer time (all ranks probe)
     comm = None if opts.emulate_ms is None else one_way_ms(
@@ -182,7 +251,7 @@ def train(plan: TrainPlan, *, device: torch.device, guard: Guard | None = None,
     grads: dict[str, torch.Tensor] = {}
     peak = 0
     for step in range(first, opts.steps):
-        row, res = _step(plan, ex, step, device)
+        row, res = _step(plan, ex, step, device, guard, (mine, flags), steps)
         steps.append(row)
         peak = max(peak, res.peak_activation_bytes)
         if step == 0 and opts.check_grads:
@@ -194,8 +263,8 @@ def train(plan: TrainPlan, *, device: torch.device, guard: Guard | None = None,
                 opts.save_every and (step + 1) % opts.save_every == 0)):
             _where(guard, f"saving the checkpoint of step {step + 1}")
             checkpoint.save(opts.save, step + 1, mine, opt, layout=plan.layout,
-                            model=plan.model.describe(), schedule=plan.schedule.name,
-                            guard=guard)
+                            model=plan.model.describe(), schedule=plan.schedule.name, run=run,
+                            options=plan.data_options(), guard=guard)
     return _report(plan, steps, first, peak, grads, comm)
 
 
@@ -218,21 +287,39 @@ def _executor(plan: TrainPlan, mine: dict[int, nn.Module], device: torch.device,
     return ex, opt
 
 
-def _step(plan: TrainPlan, ex: Executor, step: int, device: torch.device
-          ) -> tuple[dict[str, Any], Any]:
+def _step(plan: TrainPlan, ex: Executor, step: int, device: torch.device, guard: Guard | None,
+          watch: tuple[dict[int, nn.Module], dict[int, torch.Tensor]],
+          steps: list[dict[str, Any]]) -> tuple[dict[str, Any], Any]:
     inputs, targets, side = _batch(plan, step, device)
     if dist.is_initialized():
-        dist.barrier()
+        with _waiting(guard, f"the barrier before step {step + 1}"):
+            dist.barrier()
     res = ex.step(inputs, targets, side=side)
-    # one clock on one host: the makespan is the latest end minus the earliest start
-    t = torch.tensor([-res.start, res.end, res.loss if res.loss is not None else -math.inf],
-                     dtype=torch.float64, device=device)
+    # one clock on one host: the makespan is the latest end minus the earliest start; and the
+    # first non-finite value of the step (the smallest key of first_bad, negated for MAX)
+    S = plan.schedule.spec.num_stages
+    bad = first_bad(*watch, res.losses, S)
+    loss_in = res.loss if res.loss is not None and bad == none(S) else -math.inf
+    t = torch.tensor([-res.start, res.end, loss_in, -bad], dtype=torch.float64, device=device)
     if dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        with _waiting(guard, f"the all-reduce after step {step + 1}"):
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    if -int(t[3]) < none(S):
+        raise non_finite_error(-int(t[3]), step + 1, S, stage_rank=plan.schedule.spec.rank_of,
+                               lr=plan.options.lr, save=plan.options.save,
+                               losses=[s["loss"] for s in steps])
     ms = (float(t[0]) + float(t[1])) * 1e3
     # emulated passes compute no loss
     ok = math.isfinite(float(t[2])) and plan.options.emulate_ms is None
     return {"step": step + 1, "ms": ms, "loss": float(t[2]) if ok else None}, res
+
+
+def _waiting(guard: Guard | None, what: str) -> contextlib.AbstractContextManager[None]:
+    """A collective between steps, timed by the guard like a message (``--timeout``)."""
+    if guard is None:
+        return contextlib.nullcontext()
+    guard.where = what
+    return guard.waiting("every rank")
 
 
 def _report(plan: TrainPlan, steps: list[dict[str, Any]], first: int, peak: int,
@@ -249,6 +336,7 @@ def _report(plan: TrainPlan, steps: list[dict[str, Any]], first: int, peak: int,
     step_ms = [s["ms"] for s in steps]
     median = statistics.median(step_ms)
     report: dict[str, Any] = {
+        "status": "ok",
         "schedule": plan.name,
         "ranks": spec.num_ranks,
         "microbatches": spec.num_microbatches,

@@ -23,7 +23,14 @@ from fuzzkit import no_launch, run_cli
 
 from pipeblocks.errors import SpecError
 from pipeblocks.runtime import checkpoint
-from pipeblocks.runtime.checkpoint import check_compatible, find, load, read_tensors, save
+from pipeblocks.runtime.checkpoint import (
+    CheckpointError,
+    check_compatible,
+    find,
+    load,
+    read_tensors,
+    save,
+)
 from pipeblocks.runtime.faults import RankFailure
 
 pytestmark = pytest.mark.torch
@@ -124,7 +131,7 @@ def test_loading_unpickles_no_foreign_object(tmp_path: Path) -> None:
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        with pytest.raises(SpecError, match="names posix.system, which pipeblocks does not"):
+        with pytest.raises(CheckpointError, match="names posix.system, which pipeblocks does not"):
             load(find(tmp_path), stages, opt)
     finally:
         os.chdir(cwd)
@@ -147,20 +154,20 @@ def test_layout_checks_name_what_differs(tmp_path: Path) -> None:
 
 
 def test_find_refuses_what_is_not_a_checkpoint(tmp_path: Path) -> None:
-    """A missing folder, an empty one, and a foreign pipeblocks.json are SpecErrors."""
-    with pytest.raises(SpecError, match="no such folder"):
+    """A missing folder, an empty one, and a foreign pipeblocks.json are CheckpointErrors."""
+    with pytest.raises(CheckpointError, match="no such folder"):
         find(tmp_path / "nope")
-    with pytest.raises(SpecError, match="no complete checkpoint"):
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
         find(tmp_path)
     (tmp_path / "pipeblocks.json").write_text(json.dumps({"format": "other"}))
-    with pytest.raises(SpecError, match="is not a pipeblocks checkpoint"):
+    with pytest.raises(CheckpointError, match="is not a pipeblocks checkpoint"):
         find(tmp_path)
 
 
-def _save_forever(folder: Path) -> None:
+def _save_forever(folder: Path, ready) -> None:
     """The child: checkpoints back to back; before saving step k every parameter and every
     optimizer state tensor is set to k, so a checkpoint is whole exactly when all its tensors
-    equal the step in its pipeblocks.json."""
+    equal the step in its pipeblocks.json. Sets ``ready`` when it starts saving."""
     torch.set_num_threads(1)
     net = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.Linear(256, 256))
     opt = torch.optim.Adam(net.parameters())
@@ -168,8 +175,9 @@ def _save_forever(folder: Path) -> None:
     opt.step()  # creates the optimizer state (step, exp_avg, exp_avg_sq)
     try:
         step = find(folder).step + 1
-    except SpecError:
+    except CheckpointError:
         step = 1
+    ready.set()
     while True:
         with torch.no_grad():
             for p in net.parameters():
@@ -190,15 +198,19 @@ def test_killed_at_random_moments_a_whole_checkpoint_remains(tmp_path: Path) -> 
     rng = random.Random(9)
     steps_seen = []
     for _ in range(12):
-        child = ctx.Process(target=_save_forever, args=(tmp_path,), daemon=True)
+        ready = ctx.Event()
+        child = ctx.Process(target=_save_forever, args=(tmp_path, ready), daemon=True)
         child.start()
+        # the moments count from the first save: building the child's model and optimizer
+        # (a lazy import of torch._dynamo on a loaded host) took longer than 0.4 s
+        assert ready.wait(60)
         time.sleep(rng.uniform(0.05, 0.4))
         assert child.pid is not None
         os.kill(child.pid, signal.SIGKILL)
         child.join(timeout=30)
         try:
             info = find(tmp_path)
-        except SpecError:
+        except CheckpointError:
             continue  # killed before its first checkpoint was complete
         tensors = read_tensors(tmp_path)
         assert tensors and all(bool((t == info.step).all()) for t in tensors.values()), info

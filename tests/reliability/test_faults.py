@@ -11,6 +11,7 @@ is bounded (``--timeout 20``) and each wait in the test has a deadline.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -24,8 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeblocks.errors import SpecError
-from pipeblocks.runtime.checkpoint import find, read_tensors
+from pipeblocks.runtime.checkpoint import CheckpointError, find, read_tensors
 from pipeblocks.runtime.faults import headline
 from pipeblocks.runtime.launch import launch
 
@@ -67,7 +67,7 @@ def _rank_pids(launcher: int, num_ranks: int) -> dict[int, int]:
 def _latest_step(folder: Path) -> int:
     try:
         return find(folder).step
-    except SpecError:
+    except CheckpointError:
         return 0
 
 
@@ -185,14 +185,18 @@ def test_a_rank_killed_while_saving_leaves_the_previous_checkpoint(tmp_path: Pat
 
 def test_a_damaged_checkpoint_stops_every_rank_naming_the_reader(
         killed: tuple[Path, str, str, float], tmp_path: Path) -> None:
-    """Resuming from a checkpoint whose rank-1 file was cut in half: every rank exits 1 within
-    seconds, naming rank 1 and the checkpoint; no rank hangs in the collective load. The cause
-    with its fix is said twice, by rank 1 and by the launcher (the last line); ranks 0 and 2
-    say one short line each (faults, note "one line per rank")."""
+    """Resuming from a checkpoint whose rank-1 file was cut in half, and whose manifest holds
+    no checksums (as version 1 wrote it; a checksum refuses it before any process starts,
+    test_train_faults.py): every rank exits 1 within seconds, naming rank 1 and the
+    checkpoint; no rank hangs in the collective load. The cause with its fix is said twice, by
+    rank 1 and by the launcher (the last line); ranks 0 and 2 say one short line each (faults,
+    note "one line per rank")."""
     folder = tmp_path / "ckpt"
     shutil.copytree(killed[0], folder)
     data = find(folder).path / "__1_0.distcp"
     os.truncate(data, data.stat().st_size // 2)
+    meta = data.parent / "pipeblocks.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "files": {}}))
     start = time.monotonic()
     res = subprocess.run([str(BIN), *RUN, "--steps", "100", "--resume", str(folder)],
                          capture_output=True, text=True, timeout=TIMEOUT + 120,
