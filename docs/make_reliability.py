@@ -197,8 +197,9 @@ def fault_runs() -> str:
     seconds: Counter[str] = Counter()  # setup (the module fixtures' runs) and call
     for sec, test in re.findall(r"^([\d.]+)s (?:setup|call) +\S+::(\S+)", res.stdout, re.M):
         seconds[test] += float(sec)
-    if res.returncode:
-        BAD.append("fault tests failed:\n" + res.stdout[-3000:])
+    if res.returncode:  # the assertion lines (pytest's "E" lines), then the summary
+        why = "\n".join(ln for ln in res.stdout.splitlines() if ln.startswith("E "))
+        BAD.append("fault tests failed:\n" + why[-6000:] + "\n" + res.stdout[-1500:])
     rows = ["| test | faults injected | outcome | seconds |", "|---|---|---|---|"]
     survived = 0
     for test, status in outcome.items():
