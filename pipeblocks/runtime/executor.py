@@ -95,6 +95,11 @@ class Executor:
     or to a ready :class:`StageRunner`. ``optimizer`` (may be None) steps once per step after
     the gradients are complete; it zeroes the gradients at the start of each step.
     ``measure_memory`` counts the bytes autograd saves per microbatch (slower F).
+    ``count_tokens``: the token-mean loss (docs/models.md). ``ties``: weights shared by
+    stages, as (stage, name) per copy (default: those ``split`` found); ``check_ties``: refuse
+    equal weights on different ranks that no tie names. ``autocast``: run every F under
+    ``torch.autocast`` with this dtype (bf16 on CPU; bf16 or fp16 on CUDA). ``checkpoint``:
+    recompute the layers it selects in backward (:mod:`pipeblocks.runtime.recompute`).
     """
 
     def __init__(
@@ -113,6 +118,8 @@ class Executor:
         count_tokens: Callable[[Any], Any] | None = None,
         ties: Sequence[Sequence[tuple[int, str]]] | None = None,
         check_ties: bool = True,
+        autocast: torch.dtype | None = None,
+        checkpoint: Callable[[nn.Module], bool] | None = None,
     ) -> None:
         import torch.distributed as dist
 
@@ -136,12 +143,18 @@ class Executor:
         modules = {s: m for s, m in stages.items() if isinstance(m, nn.Module)}
         tied = shared_parameters(modules)
         self.count_tokens = count_tokens
+        cast = None
+        if autocast is not None:
+            kind = torch.device(device).type if device is not None else next(
+                (p.device.type for m in modules.values() for p in m.parameters()), "cpu")
+            cast = (kind, autocast)
         self.runners: dict[int, StageRunner] = {}
         for s, m in stages.items():
             if isinstance(m, nn.Module):
                 self.runners[s] = Stage(
                     m, s, spec.num_stages, loss_fn,
                     split=s in uses_b and s not in tied, unsplit_reason=tied.get(s, ""),
+                    autocast=cast, checkpoint=checkpoint,
                 )
             else:
                 self.runners[s] = m
