@@ -12,10 +12,13 @@ There is no per-schedule code. The schedule is validated and lowered once
 - ``B``/``BW``: take the output gradient the same way (none on the last stage, where the loss
   is the root) and hand the input gradient back; ``W``: accumulate weight gradients.
 
-Loss scaling: the last stage backpropagates ``loss / m`` for each of the m microbatches, so the
-accumulated gradients are those of the batch mean, scaled exactly once per step. Shapes of the
-tensors between stages are agreed once, at the first step, by a handshake along the stage chain
-(each stage runs a no-grad forward to learn its output shape). A failure in a pass is posted to
+Loss scaling: the last stage backpropagates ``loss / m`` for each of the m microbatches (or
+``sum / tokens`` of the batch with ``count_tokens``), so the accumulated gradients are those of
+the batch mean, scaled exactly once per step. What travels between stages (a tensor or a
+structure of them, :mod:`pipeblocks.runtime.tree`) is agreed by a handshake along the stage
+chain at the first step and whenever the microbatch's shapes change (each stage runs a forward
+that keeps nothing to learn its output). Weights tied across ranks get their gradients summed
+after the passes (:mod:`pipeblocks.runtime.ties`). A failure in a pass is posted to
 the :class:`~pipeblocks.runtime.faults.Guard` so every rank stops with a message naming the rank
 and the pass.
 
@@ -46,7 +49,7 @@ from pipeblocks.ir.validate import validate
 from pipeblocks.runtime.faults import Guard, RankFailure
 from pipeblocks.runtime.p2p import P2P, Post, Wire, agree_shapes, tag_of
 from pipeblocks.runtime.stage import LossFn, Stage, shared_parameters
-from pipeblocks.runtime.steps import StepResult, _saved_bytes, _shapes, _StepState
+from pipeblocks.runtime.steps import StepResult, _saved_bytes, _shapes, _StepState, check_count
 from pipeblocks.runtime.ties import TiedGrads, clip_grad_norm, unique_parameters
 from pipeblocks.runtime.tree import flatten, split_tree, unflatten
 
@@ -225,21 +228,6 @@ class Executor:
         Every rank calls it (one all-reduce)."""
         return clip_grad_norm(self.parameters(), max_norm, self.ties, self.device, self.p2p)
 
-    def _check_count(self, st: _StepState, j: int, runner: Any) -> None:
-        count = getattr(runner, "last_count", None)
-        if st.evaluate or count is None and self.count_tokens is None:
-            return
-        if count is None or self.count_tokens is None:
-            raise SpecError(
-                "a token-mean loss needs both: the loss function returning (sum, count) and "
-                "Executor(count_tokens=fn) giving each microbatch's count from its targets "
-                f"(got count_tokens={self.count_tokens!r}, a loss count of {count}); pass both "
-                "or neither")
-        if count != st.counts[j]:
-            raise SpecError(
-                f"microbatch {j}: the loss counted {count} tokens but count_tokens gave "
-                f"{st.counts[j]}; they must agree (the scale 1/total is set before the passes)")
-
     def _prepare(self, batch: Any, targets: Any, side: Mapping[str, Any] | None) -> _StepState:
         m = self.spec.num_microbatches
         inputs = split_tree(batch, m, "batch")
@@ -325,7 +313,9 @@ class Executor:
                 out, count = out
                 st.counts[j] = int(count)
             st.losses[j] = out
-            self._check_count(st, j, runner)
+            if not st.evaluate:
+                check_count(st.counts.get(j), getattr(runner, "last_count", None),
+                            self.count_tokens, j)
         else:
             self._outbound(st, Transfer(Payload.ACT, s, s + 1, j), out)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from pipeblocks.errors import SpecError
 from pipeblocks.ir.lowering import Comm, Payload, Transfer
 from pipeblocks.runtime.p2p import Post
 from pipeblocks.runtime.tree import flatten
@@ -104,3 +105,19 @@ def _saved_bytes(skip: set[int]) -> Iterator[list[int]]:
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield counter
+
+
+def check_count(expected: int | None, count: int | None, count_tokens: Any, j: int) -> None:
+    """A token-mean loss needs both halves, and they must agree (microbatch ``j``)."""
+    if count is None and count_tokens is None:
+        return
+    if count is None or count_tokens is None:
+        raise SpecError(
+            "a token-mean loss needs both: the loss function returning (sum, count) and "
+            "Executor(count_tokens=fn) giving each microbatch's count from its targets "
+            f"(got count_tokens={count_tokens!r}, a loss count of {count}); pass both or "
+            "neither")
+    if count != expected:
+        raise SpecError(
+            f"microbatch {j}: the loss counted {count} tokens but count_tokens gave "
+            f"{expected}; they must agree (the scale 1/total is set before the passes)")

@@ -175,3 +175,21 @@ except Exception as e:
     write_error(str(e))
     os._exit(2)
 """
+
+
+def test_a_token_loss_without_count_tokens_is_refused() -> None:
+    """A loss returning (sum, count) without count_tokens (the scale would be 1/m of a sum):
+    an error that says to pass both."""
+    def summed(out, y):
+        return nn.functional.mse_loss(out, y, reduction="sum"), y.numel()
+
+    ex = Executor(pb.generate("1f1b", 1, 2), {0: nn.Linear(2, 2)}, summed, None, rank=0)
+    with pytest.raises(RankFailure, match=r"needs both.*count_tokens=fn"):
+        ex.step(torch.ones(4, 2), torch.zeros(4, 2))
+    lin = nn.Linear(2, 2)
+    ex = Executor(pb.generate("1f1b", 1, 2), {0: lin}, summed, None, rank=0,
+                  count_tokens=lambda y: y.numel())
+    x, y = torch.randn(4, 2), torch.zeros(4, 2)
+    got = ex.step(x, y).loss
+    with torch.no_grad():
+        assert got == pytest.approx(float(nn.functional.mse_loss(lin(x), y)), abs=1e-6)
