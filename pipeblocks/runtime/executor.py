@@ -49,7 +49,16 @@ from pipeblocks.ir.validate import validate
 from pipeblocks.runtime.faults import Guard, RankFailure
 from pipeblocks.runtime.p2p import P2P, Post, Wire, agree_shapes, tag_of
 from pipeblocks.runtime.stage import LossFn, Stage, shared_parameters
-from pipeblocks.runtime.steps import StepResult, _saved_bytes, _shapes, _StepState, check_count
+from pipeblocks.runtime.steps import (
+    StepResult,
+    _saved_bytes,
+    _shapes,
+    _StepState,
+    check_count,
+    pack,
+    receive_buffers,
+    unpack,
+)
 from pipeblocks.runtime.ties import TiedGrads, clip_grad_norm, unique_parameters
 from pipeblocks.runtime.tree import flatten, split_tree, unflatten
 
@@ -357,10 +366,11 @@ class Executor:
                 work.wait()
         st.peer = None
         st.ready = time.perf_counter()
-        bufs = [buf for _, buf in posted]
+        wire = self._meta[dst if payload is Payload.ACT else src]
+        metas = wire.grads if payload is Payload.GRAD else [(sh, dt) for sh, dt, _ in wire.leaves]
+        bufs = unpack([buf for _, buf in posted], metas)
         if payload is Payload.GRAD:
             return bufs
-        wire = self._meta[dst]
         for buf, (_, _, g) in zip(bufs, wire.leaves, strict=True):
             buf.requires_grad_(g and not st.evaluate)
         return unflatten(wire.structure, bufs)
@@ -370,7 +380,7 @@ class Executor:
         if self.spec.rank_of(t.dst_stage) == self.rank:
             st.local[(t.payload, t.src_stage, t.mb)] = out
         elif t.payload is Payload.GRAD:
-            st.outbox[t] = [g.detach() for g in out]
+            st.outbox[t] = pack([g.detach() for g in out])
         else:
             leaves, structure = flatten(out, f"stage {t.src_stage}'s output")
             wire = self._meta[t.dst_stage]
@@ -379,7 +389,7 @@ class Executor:
                     f"stage {t.src_stage} returned {structure} for microbatch {t.mb} but the "
                     f"handshake agreed on {wire.structure}; a stage must return the same "
                     f"structure for every microbatch of a step")
-            st.outbox[t] = [x.detach() for x in leaves]
+            st.outbox[t] = pack([x.detach() for x in leaves])
 
     def _queue(self, st: _StepState, c: Comm) -> None:
         t = c.transfer
@@ -389,7 +399,7 @@ class Executor:
             wire = self._meta[t.dst_stage if t.payload is Payload.ACT else t.src_stage]
             metas = wire.grads if t.payload is Payload.GRAD else [
                 (sh, dt) for sh, dt, _ in wire.leaves]
-            tensors = [torch.empty(sh, dtype=dt, device=self.device) for sh, dt in metas]
+            tensors = receive_buffers(metas, self.device)
         S = self.spec.num_stages
         st.batch.append((c, [Post(c.op, x, c.peer, tag_of(t, S, k))
                              for k, x in enumerate(tensors)]))
