@@ -42,7 +42,8 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.in
 META_LEN = 10  # ndim, dtype code, up to 8 dims
 
 
-MAX_LEAVES = 32  # tensors per transfer: the tags of one transfer's tensors are consecutive
+MAX_LEAVES = 32  # tensors per transfer (they travel as one message, see runtime/steps.py;
+# the tag keeps room for one message per tensor)
 
 
 def tag_of(transfer: Transfer, num_stages: int, leaf: int = 0) -> int:
