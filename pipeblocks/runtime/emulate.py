@@ -80,14 +80,20 @@ class EmulatedStage:
         out_shape: Sequence[int],
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        extra: int = 0,
     ) -> None:
         self.stage = stage
         self.num_stages = num_stages
         self.seconds = ms / 1000.0
         self.split = True
         self.out = torch.zeros(tuple(out_shape), dtype=dtype, device=device)
+        # ``extra``: that many more tensors travel with the output, without gradients (token
+        # ids and masks of the output's leading shape), as a tuple
+        lead = tuple(out_shape)[:2]
+        self.extras = tuple(torch.zeros(lead, dtype=torch.int64 if k % 2 else torch.bool,
+                                        device=device) for k in range(extra))
         self._pending: set[int] = set()
-        self._grad_in: torch.Tensor | None = None
+        self._grad_in: Any = None
 
     @property
     def is_first(self) -> bool:
@@ -100,8 +106,13 @@ class EmulatedStage:
     def pending(self) -> int:
         return len(self._pending)
 
-    def out_meta(self, x: torch.Tensor) -> tuple[tuple[int, ...], torch.dtype]:
+    def out_meta(self, x: Any) -> tuple[tuple[int, ...], torch.dtype]:
         return tuple(self.out.shape), self.out.dtype
+
+    def probe(self, x: Any, side: Any = None) -> Any:
+        """The output as the handshake sees it (the first tensor needs a gradient)."""
+        out = self.out.detach().requires_grad_(self.out.is_floating_point())
+        return (out, *self.extras) if self.extras else out
 
     def _sleep(self, factor: float = 1.0) -> None:
         emulated_sleep(self.seconds * factor)
@@ -113,14 +124,17 @@ class EmulatedStage:
         self._sleep()
         self._pending.add(mb)
         if self._grad_in is None and not self.is_first:
-            self._grad_in = torch.zeros_like(x)
-        return torch.zeros((), device=self.out.device) if self.is_last else self.out
+            g = torch.zeros_like(x[0] if isinstance(x, tuple) else x)
+            self._grad_in = [g] if isinstance(x, tuple) else g  # one per tensor with a grad
+        if self.is_last:
+            return torch.zeros((), device=self.out.device)
+        return (self.out, *self.extras) if self.extras else self.out
 
     def evaluate(self, x: torch.Tensor, target: Any = None, side: Any = None) -> torch.Tensor:
         self._sleep()
         return torch.zeros((), device=self.out.device) if self.is_last else self.out
 
-    def backward_input(self, mb: int, grad_out: Any) -> torch.Tensor | None:
+    def backward_input(self, mb: int, grad_out: Any) -> Any:
         self._sleep()
         return self._grad_in
 
@@ -128,7 +142,7 @@ class EmulatedStage:
         self._sleep()
         self._pending.discard(mb)
 
-    def backward(self, mb: int, grad_out: Any) -> torch.Tensor | None:
+    def backward(self, mb: int, grad_out: Any) -> Any:
         self._sleep(2.0)
         self._pending.discard(mb)
         return self._grad_in

@@ -12,10 +12,13 @@ There is no per-schedule code. The schedule is validated and lowered once
 - ``B``/``BW``: take the output gradient the same way (none on the last stage, where the loss
   is the root) and hand the input gradient back; ``W``: accumulate weight gradients.
 
-Loss scaling: the last stage backpropagates ``loss / m`` for each of the m microbatches, so the
-accumulated gradients are those of the batch mean, scaled exactly once per step. Shapes of the
-tensors between stages are agreed once, at the first step, by a handshake along the stage chain
-(each stage runs a no-grad forward to learn its output shape). A failure in a pass is posted to
+Loss scaling: the last stage backpropagates ``loss / m`` for each of the m microbatches (or
+``sum / tokens`` of the batch with ``count_tokens``), so the accumulated gradients are those of
+the batch mean, scaled exactly once per step. What travels between stages (a tensor or a
+structure of them, :mod:`pipeblocks.runtime.tree`) is agreed by a handshake along the stage
+chain at the first step and whenever the microbatch's shapes change (each stage runs a forward
+that keeps nothing to learn its output). Weights tied across ranks get their gradients summed
+after the passes (:mod:`pipeblocks.runtime.ties`). A failure in a pass is posted to
 the :class:`~pipeblocks.runtime.faults.Guard` so every rank stops with a message naming the rank
 and the pass.
 
@@ -46,7 +49,16 @@ from pipeblocks.ir.validate import validate
 from pipeblocks.runtime.faults import Guard, RankFailure
 from pipeblocks.runtime.p2p import P2P, Post, Wire, agree_shapes, tag_of
 from pipeblocks.runtime.stage import LossFn, Stage, shared_parameters
-from pipeblocks.runtime.steps import StepResult, _saved_bytes, _shapes, _StepState
+from pipeblocks.runtime.steps import (
+    StepResult,
+    _saved_bytes,
+    _shapes,
+    _StepState,
+    check_count,
+    pack,
+    receive_buffers,
+    unpack,
+)
 from pipeblocks.runtime.ties import TiedGrads, clip_grad_norm, unique_parameters
 from pipeblocks.runtime.tree import flatten, split_tree, unflatten
 
@@ -95,6 +107,11 @@ class Executor:
     or to a ready :class:`StageRunner`. ``optimizer`` (may be None) steps once per step after
     the gradients are complete; it zeroes the gradients at the start of each step.
     ``measure_memory`` counts the bytes autograd saves per microbatch (slower F).
+    ``count_tokens``: the token-mean loss (docs/models.md). ``ties``: weights shared by
+    stages, as (stage, name) per copy (default: those ``split`` found); ``check_ties``: refuse
+    equal weights on different ranks that no tie names. ``autocast``: run every F under
+    ``torch.autocast`` with this dtype (bf16 on CPU; bf16 or fp16 on CUDA). ``checkpoint``:
+    recompute the layers it selects in backward (:mod:`pipeblocks.runtime.recompute`).
     """
 
     def __init__(
@@ -113,6 +130,8 @@ class Executor:
         count_tokens: Callable[[Any], Any] | None = None,
         ties: Sequence[Sequence[tuple[int, str]]] | None = None,
         check_ties: bool = True,
+        autocast: torch.dtype | None = None,
+        checkpoint: Callable[[nn.Module], bool] | None = None,
     ) -> None:
         import torch.distributed as dist
 
@@ -136,12 +155,18 @@ class Executor:
         modules = {s: m for s, m in stages.items() if isinstance(m, nn.Module)}
         tied = shared_parameters(modules)
         self.count_tokens = count_tokens
+        cast = None
+        if autocast is not None:
+            kind = torch.device(device).type if device is not None else next(
+                (p.device.type for m in modules.values() for p in m.parameters()), "cpu")
+            cast = (kind, autocast)
         self.runners: dict[int, StageRunner] = {}
         for s, m in stages.items():
             if isinstance(m, nn.Module):
                 self.runners[s] = Stage(
                     m, s, spec.num_stages, loss_fn,
                     split=s in uses_b and s not in tied, unsplit_reason=tied.get(s, ""),
+                    autocast=cast, checkpoint=checkpoint,
                 )
             else:
                 self.runners[s] = m
@@ -211,21 +236,6 @@ class Executor:
         ``torch.nn.utils.clip_grad_norm_`` does on the whole model; returns the norm before.
         Every rank calls it (one all-reduce)."""
         return clip_grad_norm(self.parameters(), max_norm, self.ties, self.device, self.p2p)
-
-    def _check_count(self, st: _StepState, j: int, runner: Any) -> None:
-        count = getattr(runner, "last_count", None)
-        if st.evaluate or count is None and self.count_tokens is None:
-            return
-        if count is None or self.count_tokens is None:
-            raise SpecError(
-                "a token-mean loss needs both: the loss function returning (sum, count) and "
-                "Executor(count_tokens=fn) giving each microbatch's count from its targets "
-                f"(got count_tokens={self.count_tokens!r}, a loss count of {count}); pass both "
-                "or neither")
-        if count != st.counts[j]:
-            raise SpecError(
-                f"microbatch {j}: the loss counted {count} tokens but count_tokens gave "
-                f"{st.counts[j]}; they must agree (the scale 1/total is set before the passes)")
 
     def _prepare(self, batch: Any, targets: Any, side: Mapping[str, Any] | None) -> _StepState:
         m = self.spec.num_microbatches
@@ -312,7 +322,9 @@ class Executor:
                 out, count = out
                 st.counts[j] = int(count)
             st.losses[j] = out
-            self._check_count(st, j, runner)
+            if not st.evaluate:
+                check_count(st.counts.get(j), getattr(runner, "last_count", None),
+                            self.count_tokens, j)
         else:
             self._outbound(st, Transfer(Payload.ACT, s, s + 1, j), out)
 
@@ -354,10 +366,11 @@ class Executor:
                 work.wait()
         st.peer = None
         st.ready = time.perf_counter()
-        bufs = [buf for _, buf in posted]
+        wire = self._meta[dst if payload is Payload.ACT else src]
+        metas = wire.grads if payload is Payload.GRAD else [(sh, dt) for sh, dt, _ in wire.leaves]
+        bufs = unpack([buf for _, buf in posted], metas)
         if payload is Payload.GRAD:
             return bufs
-        wire = self._meta[dst]
         for buf, (_, _, g) in zip(bufs, wire.leaves, strict=True):
             buf.requires_grad_(g and not st.evaluate)
         return unflatten(wire.structure, bufs)
@@ -367,7 +380,7 @@ class Executor:
         if self.spec.rank_of(t.dst_stage) == self.rank:
             st.local[(t.payload, t.src_stage, t.mb)] = out
         elif t.payload is Payload.GRAD:
-            st.outbox[t] = [g.detach() for g in out]
+            st.outbox[t] = pack([g.detach() for g in out])
         else:
             leaves, structure = flatten(out, f"stage {t.src_stage}'s output")
             wire = self._meta[t.dst_stage]
@@ -376,7 +389,7 @@ class Executor:
                     f"stage {t.src_stage} returned {structure} for microbatch {t.mb} but the "
                     f"handshake agreed on {wire.structure}; a stage must return the same "
                     f"structure for every microbatch of a step")
-            st.outbox[t] = [x.detach() for x in leaves]
+            st.outbox[t] = pack([x.detach() for x in leaves])
 
     def _queue(self, st: _StepState, c: Comm) -> None:
         t = c.transfer
@@ -386,7 +399,7 @@ class Executor:
             wire = self._meta[t.dst_stage if t.payload is Payload.ACT else t.src_stage]
             metas = wire.grads if t.payload is Payload.GRAD else [
                 (sh, dt) for sh, dt, _ in wire.leaves]
-            tensors = [torch.empty(sh, dtype=dt, device=self.device) for sh, dt in metas]
+            tensors = receive_buffers(metas, self.device)
         S = self.spec.num_stages
         st.batch.append((c, [Post(c.op, x, c.peer, tag_of(t, S, k))
                              for k, x in enumerate(tensors)]))

@@ -42,7 +42,8 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.in
 META_LEN = 10  # ndim, dtype code, up to 8 dims
 
 
-MAX_LEAVES = 32  # tensors per transfer: the tags of one transfer's tensors are consecutive
+MAX_LEAVES = 32  # tensors per transfer (they travel as one message, see runtime/steps.py;
+# the tag keeps room for one message per tensor)
 
 
 def tag_of(transfer: Transfer, num_stages: int, leaf: int = 0) -> int:
@@ -226,7 +227,7 @@ def agree_shapes(
 
 
 def _probe(runner: Any, x: Any, side: Mapping[str, Any]) -> Any:
-    if hasattr(runner, "out_meta"):  # an emulated stage knows its output
+    if hasattr(runner, "out_meta") and not hasattr(runner, "probe"):  # it knows its output
         shape, dtype = runner.out_meta(x)
         return torch.zeros(shape, dtype=dtype).requires_grad_(dtype.is_floating_point)
     return runner.probe(x, side)

@@ -53,6 +53,7 @@ effects included).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ from torch import nn
 
 from pipeblocks.errors import PipeblocksError
 from pipeblocks.runtime.frontier import Plan, Planner, WeightPass, engine_backward
+from pipeblocks.runtime.recompute import checkpointed
 from pipeblocks.runtime.tree import call, flatten, unfilled, unflatten, wanted_side
 
 __all__ = ["Stage", "LossFn", "shared_parameters"]
@@ -127,8 +129,12 @@ class Stage:
         split: bool = True,
         unsplit_reason: str = "",
         direct: bool = True,
+        autocast: tuple[str, torch.dtype] | None = None,
+        checkpoint: Callable[[nn.Module], bool] | None = None,
     ) -> None:
         self.module = module
+        self.autocast = autocast
+        self.checkpoint = checkpoint
         self.stage = stage
         self.num_stages = num_stages
         self.loss_fn = loss_fn
@@ -179,7 +185,8 @@ class Stage:
         if not self.is_last:
             return _detached(out)
         assert self.loss_fn is not None
-        loss = self.loss_fn(out, target)
+        with self._autocast():
+            loss = self.loss_fn(out, target)
         return (loss[0].detach(), int(loss[1])) if isinstance(loss, tuple) else loss.detach()
 
     # -- passes ------------------------------------------------------------------------------
@@ -199,7 +206,8 @@ class Stage:
         result = _detached(h)
         if self.is_last:
             assert self.loss_fn is not None
-            loss = self.loss_fn(h, target)
+            with self._autocast():
+                loss = self.loss_fn(h, target)
             self.last_count = None
             if isinstance(loss, tuple):  # (sum, count): the caller's scale is 1 / total count
                 loss, count = loss
@@ -294,10 +302,27 @@ class Stage:
             if (k, len(side)) not in self._checked:
                 self._checked.add((k, len(side)))
                 self._refuse_missing(part, unfilled(part, h, names), side)
-            h = call(part, h, side, names)
+            h = self._call(part, h, side, names)
             flatten(h, f"stage {self.stage} (part {k}, {type(part).__name__})'s output")
         segments.append(_Segment(ins, _roots(h)))
         return h
+
+    def _call(self, part: nn.Module, h: Any, side: Mapping[str, Any], names: Sequence[str]
+              ) -> Any:
+        """One part under the stage's autocast; checkpointed (:mod:`pipeblocks.runtime.
+        recompute`) when chosen and gradients are on."""
+        def run(part: nn.Module = part, h: Any = h) -> Any:
+            return call(part, h, side, names)
+
+        with self._autocast():
+            if self.checkpoint is not None and torch.is_grad_enabled() and self.checkpoint(part):
+                return checkpointed(run, self.autocast)
+            return run()
+
+    def _autocast(self) -> Any:
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.autocast[0], dtype=self.autocast[1])
 
     def _wanted(self, k: int, part: nn.Module, available: Sequence[str]) -> tuple[str, ...]:
         key = (k, tuple(available))

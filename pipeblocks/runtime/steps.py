@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from pipeblocks.errors import SpecError
 from pipeblocks.ir.lowering import Comm, Payload, Transfer
 from pipeblocks.runtime.p2p import Post
 from pipeblocks.runtime.tree import flatten
@@ -104,3 +105,70 @@ def _saved_bytes(skip: set[int]) -> Iterator[list[int]]:
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield counter
+
+
+def check_count(expected: int | None, count: int | None, count_tokens: Any, j: int) -> None:
+    """A token-mean loss needs both halves, and they must agree (microbatch ``j``)."""
+    if count is None and count_tokens is None:
+        return
+    if count is None or count_tokens is None:
+        raise SpecError(
+            "a token-mean loss needs both: the loss function returning (sum, count) and "
+            "Executor(count_tokens=fn) giving each microbatch's count from its targets "
+            f"(got count_tokens={count_tokens!r}, a loss count of {count}); pass both or "
+            "neither")
+    if count != expected:
+        raise SpecError(
+            f"microbatch {j}: the loss counted {count} tokens but count_tokens gave "
+            f"{expected}; they must agree (the scale 1/total is set before the passes)")
+
+
+# Note "one message per transfer": several tensors of a transfer travel as one byte buffer
+# (each padded to 8 bytes, so every piece is aligned for its dtype); a single tensor travels
+# as itself, with no copy. Each message costs a fixed overhead (about 0.1-0.2 ms under gloo on
+# the 2-core machine), so k tensors as k messages would add k-1 of them to every hop.
+_ALIGN = 8
+
+
+def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    n = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+    return -(-n // _ALIGN) * _ALIGN
+
+
+def pack(leaves: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The tensors to send for ``leaves``: themselves if one, else one byte buffer."""
+    if len(leaves) <= 1:
+        return leaves
+    parts = []
+    for t in leaves:
+        raw = t.contiguous().reshape(-1).view(torch.uint8)
+        pad = _nbytes(tuple(t.shape), t.dtype) - raw.numel()
+        parts.append(raw)
+        if pad:
+            parts.append(raw.new_zeros(pad))
+    return [torch.cat(parts)]
+
+
+def receive_buffers(metas: list[tuple[tuple[int, ...], torch.dtype]], device: torch.device
+                    ) -> list[torch.Tensor]:
+    """Buffers to receive the tensors of ``metas`` into, as :func:`pack` sends them."""
+    if len(metas) == 1:
+        return [torch.empty(metas[0][0], dtype=metas[0][1], device=device)]
+    if not metas:
+        return []
+    total = sum(_nbytes(sh, dt) for sh, dt in metas)
+    return [torch.empty(total, dtype=torch.uint8, device=device)]
+
+
+def unpack(bufs: list[torch.Tensor], metas: list[tuple[tuple[int, ...], torch.dtype]]
+           ) -> list[torch.Tensor]:
+    """The tensors of ``metas`` out of what :func:`receive_buffers` received (views)."""
+    if len(metas) <= 1:
+        return bufs
+    (buf,) = bufs
+    out, at = [], 0
+    for shape, dtype in metas:
+        n = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        out.append(buf[at: at + n].view(dtype).view(shape).detach())
+        at += _nbytes(shape, dtype)
+    return out

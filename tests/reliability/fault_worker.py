@@ -38,8 +38,6 @@ class Faulty(nn.Module):
         self.inner, self.mode, self.mb, self.calls, self.armed = inner, mode, mb, 0, False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled():  # the shape handshake's no-grad forward
-            return self.inner(x)
         if self.armed and self.calls == self.mb:  # F of microbatch k is the (k+1)-th forward
             if self.mode == "raise":
                 raise RuntimeError("injected fault")
@@ -68,8 +66,8 @@ def main() -> int:
     try:
         ex = Executor(schedule, mine, lm_loss, opt, guard=guard)
         for step in range(1, bad_step + 1):
-            if faulty is not None:
-                faulty.armed, faulty.calls = step == bad_step, 0
+            if faulty is not None:  # the first step's first forward is the shape handshake's
+                faulty.armed, faulty.calls = step == bad_step, -1 if step == 1 else 0
             tokens, targets = synthetic_batch(cfg, M * MBS, seed=5, step=step)
             dist.barrier()
             ex.step(tokens, targets)

@@ -74,15 +74,14 @@ class Faulty(nn.Module):
         self.inner, self.mode, self.action, self.calls = inner, mode, action, 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled():  # the shape handshake's no-grad forward
-            return self.inner(x)
-        if self.calls == self.action.mb:  # F of microbatch k is the (k+1)-th forward
+        self.calls += 1
+        # the shape handshake runs the first forward: F of microbatch k is the (k+2)-th
+        if self.calls == self.action.mb + 2:
             if self.mode == "raise":
                 raise RuntimeError("injected fault")
             if self.mode == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             time.sleep(3600)
-        self.calls += 1
         return self.inner(x)
 
 

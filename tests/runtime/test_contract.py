@@ -175,3 +175,86 @@ except Exception as e:
     write_error(str(e))
     os._exit(2)
 """
+
+
+def test_a_token_loss_without_count_tokens_is_refused() -> None:
+    """A loss returning (sum, count) without count_tokens (the scale would be 1/m of a sum):
+    an error that says to pass both."""
+    def summed(out, y):
+        return nn.functional.mse_loss(out, y, reduction="sum"), y.numel()
+
+    ex = Executor(pb.generate("1f1b", 1, 2), {0: nn.Linear(2, 2)}, summed, None, rank=0)
+    with pytest.raises(RankFailure, match=r"needs both.*count_tokens=fn"):
+        ex.step(torch.ones(4, 2), torch.zeros(4, 2))
+    lin = nn.Linear(2, 2)
+    ex = Executor(pb.generate("1f1b", 1, 2), {0: lin}, summed, None, rank=0,
+                  count_tokens=lambda y: y.numel())
+    x, y = torch.randn(4, 2), torch.zeros(4, 2)
+    got = ex.step(x, y).loss
+    with torch.no_grad():
+        assert got == pytest.approx(float(nn.functional.mse_loss(lin(x), y)), abs=1e-6)
+
+
+@pytest.mark.distributed
+def test_structures_across_four_ranks_match_plain_autograd(tmp_path: Path) -> None:
+    """The dict/tuple model on 4 gloo ranks (several tensors per transfer, packed into one
+    message; integer and no-grad tensors; a side input): 1f1b and zb-h1, two steps with
+    different batch shapes, equal plain autograd."""
+    worker, out = tmp_path / "w.py", tmp_path / "out.pt"
+    worker.write_text(_CONTRACT_WORKER.format(here=str(Path(__file__).parent)))
+    res = launch([sys.executable, str(worker), str(out)], 4, capture=True, grace=5,
+                 deadline=200)
+    assert res.ok, "\n".join(res.stderr)
+    got = torch.load(out, weights_only=False)
+    for name in ("1f1b", "zb-h1"):
+        for rows, (loss, grads) in zip((8, 4), got[name], strict=True):
+            ref = _model()
+            x, y, scale = _data(rows)
+            want = sum(nn.functional.mse_loss(_whole(ref, xs, ss), ys) for xs, ys, ss in zip(
+                x.chunk(4), y.chunk(4), scale.chunk(4), strict=True)) / 4
+            want.backward()
+            assert abs(loss - want.item()) <= 1e-6
+            for n, q in nn.ModuleList(ref).named_parameters():
+                torch.testing.assert_close(grads[n], q.grad, rtol=0, atol=1e-6, msg=n)
+
+
+def _data(rows: int):
+    g = torch.Generator().manual_seed(rows)
+    return (torch.randn(rows, 4, generator=g), torch.randn(rows, 3, generator=g),
+            torch.rand(rows, 1, generator=g) + 0.5)
+
+
+_CONTRACT_WORKER = """
+import os, sys
+sys.path.insert(0, {here!r})
+import torch, torch.distributed as dist
+from torch import nn
+import pipeblocks as pb
+from pipeblocks.runtime.executor import Executor
+from pipeblocks.runtime.split import split
+from test_contract import _data, _model
+torch.set_num_threads(1)
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+result = {{}}
+for name in ("1f1b", "zb-h1"):
+    parts = _model()
+    names = {{id(p): n for n, p in nn.ModuleList(parts).named_parameters()}}
+    stages = split(parts, 4)
+    ex = Executor(pb.generate(name, 4, 4), {{rank: stages[rank]}}, nn.functional.mse_loss, None)
+    steps = []
+    for rows in (8, 4):
+        ex.zero_grad()
+        x, y, scale = _data(rows)
+        res = ex.step(x, y, side={{"scale": scale}})
+        grads = {{names[id(p)]: p.grad for p in ex.parameters()}}
+        got = [None] * 4 if rank == 0 else None
+        dist.gather_object((res.loss, grads), got, dst=0)
+        if rank == 0:
+            loss = [g[0] for g in got if g[0] is not None][0]
+            steps.append((loss, {{k: v for g in got for k, v in g[1].items()}}))
+    result[name] = steps
+if rank == 0:
+    torch.save(result, sys.argv[1])
+dist.destroy_process_group()
+"""
