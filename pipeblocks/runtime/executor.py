@@ -36,7 +36,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,11 +50,13 @@ from pipeblocks.runtime.faults import Guard, RankFailure
 from pipeblocks.runtime.p2p import P2P, Post, Wire, agree_shapes, tag_of
 from pipeblocks.runtime.stage import LossFn, Stage, shared_parameters
 from pipeblocks.runtime.steps import (
+    StageRunner,
     StepResult,
     _saved_bytes,
     _shapes,
     _StepState,
     check_count,
+    check_stages,
     pack,
     receive_buffers,
     unpack,
@@ -65,39 +67,6 @@ from pipeblocks.runtime.tree import flatten, split_tree, unflatten
 __all__ = ["Executor", "StepResult", "StageRunner", "check_stages"]
 
 log = logging.getLogger(__name__)
-
-
-class StageRunner(Protocol):
-    """What the executor asks of a stage (:class:`Stage`, or an emulated one)."""
-
-    stage: int
-    split: bool
-
-    def forward(
-        self, mb: int, x: Any, target: Any = None, scale: float = 1.0,
-        side: Mapping[str, Any] | None = None,
-    ) -> Any: ...
-
-    def backward_input(self, mb: int, grad_out: Any) -> Any: ...
-
-    def backward_weight(self, mb: int) -> None: ...
-
-    def backward(self, mb: int, grad_out: Any) -> Any: ...
-
-    def pending(self) -> int: ...
-
-
-def check_stages(schedule: Schedule, rank: int, stages: Mapping[int, Any]) -> None:
-    """Refuse stages that do not match the schedule, before any communication."""
-    spec = schedule.spec
-    want = tuple(spec.stages_of(rank))
-    got = tuple(sorted(stages))
-    if set(got) != set(want):
-        raise SpecError(
-            f"rank {rank} got stages {list(got)} but the schedule ({spec.describe()}, "
-            f"{spec.num_stages} stages) puts stages {list(want)} on it; split the model into "
-            f"{spec.num_stages} stages (p * v) and give each rank spec.stages_of(rank)"
-        )
 
 
 class Executor:

@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from pipeblocks.errors import SpecError
 from pipeblocks.ir.lowering import Comm, Payload, Transfer
+from pipeblocks.ir.schedule import Schedule
 from pipeblocks.runtime.p2p import Post
 from pipeblocks.runtime.tree import flatten
 
-__all__ = ["StepResult"]
+__all__ = ["StepResult", "StageRunner", "check_stages"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,3 +173,36 @@ def unpack(bufs: list[torch.Tensor], metas: list[tuple[tuple[int, ...], torch.dt
         out.append(buf[at: at + n].view(dtype).view(shape).detach())
         at += _nbytes(shape, dtype)
     return out
+
+
+class StageRunner(Protocol):
+    """What the executor asks of a stage (:class:`Stage`, or an emulated one)."""
+
+    stage: int
+    split: bool
+
+    def forward(
+        self, mb: int, x: Any, target: Any = None, scale: float = 1.0,
+        side: Mapping[str, Any] | None = None,
+    ) -> Any: ...
+
+    def backward_input(self, mb: int, grad_out: Any) -> Any: ...
+
+    def backward_weight(self, mb: int) -> None: ...
+
+    def backward(self, mb: int, grad_out: Any) -> Any: ...
+
+    def pending(self) -> int: ...
+
+
+def check_stages(schedule: Schedule, rank: int, stages: Mapping[int, Any]) -> None:
+    """Refuse stages that do not match the schedule, before any communication."""
+    spec = schedule.spec
+    want = tuple(spec.stages_of(rank))
+    got = tuple(sorted(stages))
+    if set(got) != set(want):
+        raise SpecError(
+            f"rank {rank} got stages {list(got)} but the schedule ({spec.describe()}, "
+            f"{spec.num_stages} stages) puts stages {list(want)} on it; split the model into "
+            f"{spec.num_stages} stages (p * v) and give each rank spec.stages_of(rank)"
+        )
