@@ -45,6 +45,7 @@ from pipeblocks.ir.schedule import Schedule
 from pipeblocks.ir.validate import validate
 from pipeblocks.runtime.faults import Guard, RankFailure
 from pipeblocks.runtime.p2p import P2P, Post, Wire, agree_shapes, tag_of
+from pipeblocks.runtime.recompute import stage_class
 from pipeblocks.runtime.stage import LossFn, Stage, shared_parameters
 from pipeblocks.runtime.steps import StepResult, _saved_bytes, _shapes, _StepState
 from pipeblocks.runtime.ties import TiedGrads, clip_grad_norm, unique_parameters
@@ -139,7 +140,7 @@ class Executor:
         self.runners: dict[int, StageRunner] = {}
         for s, m in stages.items():
             if isinstance(m, nn.Module):
-                self.runners[s] = Stage(
+                self.runners[s] = stage_class(schedule, s)(  # recompute: runtime/recompute.py
                     m, s, spec.num_stages, loss_fn,
                     split=s in uses_b and s not in tied, unsplit_reason=tied.get(s, ""),
                 )
