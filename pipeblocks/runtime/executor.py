@@ -45,7 +45,7 @@ from pipeblocks.ir.schedule import Schedule
 from pipeblocks.ir.validate import validate
 from pipeblocks.runtime.faults import Guard, RankFailure
 from pipeblocks.runtime.p2p import P2P, Post, Wire, agree_shapes, tag_of
-from pipeblocks.runtime.recompute import stage_class
+from pipeblocks.runtime.recompute import kept_bytes, rebuilt, stage_class
 from pipeblocks.runtime.stage import LossFn, Stage, shared_parameters
 from pipeblocks.runtime.steps import StepResult, _saved_bytes, _shapes, _StepState
 from pipeblocks.runtime.ties import TiedGrads, clip_grad_norm, unique_parameters
@@ -303,7 +303,7 @@ class Executor:
         elif self.measure_memory:
             with _saved_bytes(self._param_ptrs) as counter:
                 out = runner.forward(j, x, st.targets[j], st.scale, side=st.side[j])
-            st.held[(s, j)] = counter[0]
+            st.held[(s, j)] = counter[0] = counter[0] + kept_bytes(runner, j)  # + recompute input
             st.live += counter[0]
             st.peak = max(st.peak, st.live)
         else:
@@ -322,10 +322,9 @@ class Executor:
         s, j, runner = a.stage, a.mb, self.runners[a.stage]
         last = s == self.spec.num_stages - 1
         g = None if last else self._inbound(st, Payload.GRAD, s + 1, s, j)
-        if a.kind is Pass.B:
-            gx = runner.backward_input(j, g)
-        else:
-            gx = runner.backward(j, g)
+        with rebuilt(st, (s, j), runner, self._param_ptrs if self.measure_memory else None):
+            gx = runner.backward_input(j, g) if a.kind is Pass.B else runner.backward(j, g)
+        if a.kind is not Pass.B:
             st.live -= st.held.pop((s, j), 0)
         if s > 0:
             assert gx is not None

@@ -27,7 +27,8 @@ and W uses the graph B built (the B/W split stays on).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,9 +37,10 @@ import torch
 from pipeblocks.errors import PipeblocksError
 from pipeblocks.ir.schedule import Schedule
 from pipeblocks.runtime.stage import Grad, Stage
+from pipeblocks.runtime.steps import _saved_bytes, _StepState
 from pipeblocks.runtime.tree import flatten, unflatten
 
-__all__ = ["RecomputeStage", "stage_class"]
+__all__ = ["RecomputeStage", "stage_class", "kept_bytes", "rebuilt"]
 
 
 @dataclass(slots=True)
@@ -121,3 +123,35 @@ def _needing_grad(out: Any) -> Any:
 def stage_class(schedule: Schedule, stage: int) -> type[Stage]:
     """The runner class the executor builds for ``stage`` of ``schedule``."""
     return RecomputeStage if stage in schedule.recompute else Stage
+
+
+def _storages(x: Any) -> dict[int, int]:
+    """Storage pointer -> bytes of every tensor leaf of ``x`` (each storage once)."""
+    leaves = [x] if isinstance(x, torch.Tensor) else flatten(x)[0]
+    return {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in leaves}
+
+
+def kept_bytes(runner: object, mb: int) -> int:
+    """What a :class:`RecomputeStage` keeps for microbatch ``mb`` between F and B, in bytes
+    (the input's storages); 0 for any other runner. The executor's ``measure_memory`` counts
+    it as F's hold, as the simulator counts ``mem_in`` (:mod:`pipeblocks.sim.recompute`)."""
+    kept = runner._kept.get(mb) if isinstance(runner, RecomputeStage) else None
+    return sum(_storages(kept.x).values()) if kept is not None else 0
+
+
+@contextlib.contextmanager
+def rebuilt(st: _StepState, key: tuple[int, int], runner: object,
+            skip: set[int] | None) -> Iterator[None]:
+    """Around a B or BW: with ``skip`` (the parameters' storages; None when memory is not
+    measured), count what a recompute saves (the rebuilt activations, the kept input aside)
+    into the step's live bytes and peak, held until that microbatch's W or BW frees it. Other
+    runners save nothing in B, so their accounting is unchanged."""
+    kept = runner._kept.get(key[1]) if isinstance(runner, RecomputeStage) else None
+    if skip is None or kept is None:
+        yield
+        return
+    with _saved_bytes(skip | set(_storages(kept.x))) as counter:
+        yield
+    st.held[key] = st.held.get(key, 0) + counter[0]
+    st.live += counter[0]
+    st.peak = max(st.peak, st.live)
