@@ -68,3 +68,11 @@ def test_pareto_recompute_adds_points_below_v_min(capsys: pytest.CaptureFixture[
     for pt in front["points"]:
         if round(pt["budget"], 9) in plain_at:
             assert pt["makespan"] <= plain_at[round(pt["budget"], 9)]
+
+
+def test_list_names_the_recomputed_variants(capsys: pytest.CaptureFixture[str]) -> None:
+    """`pipeblocks list` says how to reach NAME-r; the variant it names simulates."""
+    code, out, _ = run(capsys, "list")
+    assert code == 0 and "NAME-r (e.g. 1f1b-r)" in out
+    code, out, _ = run(capsys, "simulate", "1f1b-r", "-p", "2", "-m", "4", "--json")
+    assert code == 0 and last_json(out)["recompute"] == [0, 1]
