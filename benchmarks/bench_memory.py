@@ -10,7 +10,11 @@ not depend on its load; the load average is recorded anyway):
   with and without full recomputation (``NAME-r``), times f=b=w=1 per rank and the transformer
   memory preset (so a recomputed stage keeps its real input, s*b*h elements);
 - pareto: ``pareto(p, m, recompute=True)`` under the same costs: the rungs below V-Min's peak,
-  each with its simulated bubble and makespan.
+  each with its simulated bubble and makespan;
+- ``--runtime``: ``pipeblocks train --memory`` of the small GPT on 4 gloo ranks (1f1b and
+  v-half, m=8, with and without ``--recompute all``): each rank's measured peak activation
+  bytes against the simulator's, its per-stage memory measured once in this process
+  (tests/runtime/test_recompute_memory.py does the same check).
 
 Writes ``benchmarks/results/memory.json``.
 """
@@ -52,9 +56,35 @@ def front(p: int, m: int, costs: Any) -> dict[str, Any]:
     return {"v_min_peak_fraction": round(vmin, 4), "below_v_min": below}
 
 
+def runtime() -> list[dict[str, Any]]:
+    import json
+    import subprocess
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "runtime"))
+    from test_recompute_memory import _calibrate_plan
+
+    rows = []
+    for name in ("1f1b", "v-half"):
+        for extra in ([], ["--recompute", "all"]):
+            argv = ["--schedule", name, "--ranks", "4", "--microbatches", "8", "--steps", "1",
+                    "--memory", "--json", *extra]
+            log(f"train {' '.join(argv)}")
+            out = subprocess.run([sys.executable, "-m", "pipeblocks", "train", *argv],
+                                 capture_output=True, text=True, timeout=600, check=True)
+            got = json.loads(out.stdout.strip().splitlines()[-1])["peak_activation_bytes"]
+            plan, costs = _calibrate_plan(argv)
+            want = simulate(plan.schedule, costs).peak_memory
+            rows.append({"schedule": name + ("-r" if extra else ""), "measured": got,
+                         "simulated": list(want),
+                         "ratio": [round(g / w, 4) for g, w in zip(got, want, strict=True)]})
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="p=4 m=8")
+    ap.add_argument("--runtime", action="store_true",
+                    help="also measure the small GPT on 4 gloo ranks (a few minutes)")
     args = ap.parse_args()
     p, m = (4, 8) if args.quick else (8, 32)
     costs = with_memory(UniformCosts(), memory_preset("transformer"))
@@ -69,10 +99,17 @@ def main() -> int:
     print_table(["budget", "peak", "bubble", "makespan", "schedule"],
                 [[r["budget"], r["peak_fraction"], r["bubble_rate"], r["makespan"],
                   r["schedule"]] for r in fr["below_v_min"]])
+    measured = runtime() if args.runtime else []
+    if measured:
+        print("\nsmall GPT, 4 gloo ranks: measured / simulated peak activation bytes per rank")
+        print_table(["schedule", "measured / simulated"],
+                    [[r["schedule"], " ".join(f"{x:.4f}" for x in r["ratio"])]
+                     for r in measured])
     load = load_average()
     print(f"\nload average (1 min): {load}")
     payload = {"p": p, "m": m, "costs": "f=b=w=1 per rank, transformer memory preset",
-               "schedules": rows, "pareto": fr, "load_average": load, "machine": machine()}
+               "schedules": rows, "pareto": fr, "runtime": measured, "load_average": load,
+               "machine": machine()}
     log(f"wrote {write_result('memory', payload, args.quick)}")
     return 0
 

@@ -367,8 +367,6 @@ class NamedPool:
             except SpecError as e:
                 self.skipped[gen.name] = str(e)
                 continue
-            if probe.recompute:  # recomputation is its own knob: pipeblocks.search.recompute
-                continue
             self.entries.append(_Named(gen.name, partial(gen, spec), tab,
                                        max(program_peaks(probe, tables(probe.spec, costs)))))
         self._full: dict[str, tuple[Schedule, float]] = {}
