@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from pipeblocks.cli.common import check_output, emit_json, finite_float
+from pipeblocks.cli.memory import add_recompute_arg, apply_recompute
 from pipeblocks.cli.simulate import add_costs_args, build_costs
 from pipeblocks.cli.source import add_source_args, schedule_from_args
 from pipeblocks.errors import SpecError
@@ -50,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="draw several generators stacked on one shared time axis (with -p, -m; "
                    "--stages-per-rank applies to the generators that let v vary)")
     add_costs_args(p)  # --cost, --costs FILE, --model, --machine, --memory-model
+    add_recompute_arg(p)
     p.add_argument("--memory", type=_fraction, default=None, metavar="FRACTION",
                    help="draw the memory budget line at FRACTION x 1F1B's peak")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
@@ -69,7 +71,7 @@ def _schedules(args: argparse.Namespace) -> list[Schedule]:
         raise SpecError(f"draw needs exactly one of NAME, --schedule FILE or --compare A,B "
                         f"(got {got})")
     if not args.compare:
-        return [schedule_from_args(args, "draw")]
+        return [apply_recompute(schedule_from_args(args, "draw"), args)]
     if args.placement is not None:
         raise SpecError("--placement only applies to --schedule FILE.csv; a generator sets its "
                         "own")
@@ -82,7 +84,7 @@ def _schedules(args: argparse.Namespace) -> list[Schedule]:
     out = []
     for name in names:
         v = None if get(name).fixed_stages_per_rank else args.v
-        out.append(generate(name, args.p, args.m, v))
+        out.append(apply_recompute(generate(name, args.p, args.m, v), args))
     return out
 
 

@@ -25,4 +25,5 @@ def run(args: argparse.Namespace) -> int:
     w = max(len(g.name) for g in gens)
     for g in gens:
         print(f"{g.name.ljust(w)}  {g.placement.value:4}  v={g.stages_per_rank}  {g.summary}")
+    print("# NAME-r (e.g. 1f1b-r): NAME with every stage recomputed (docs/memory.md)")
     return 0

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         front = pareto(args.p, args.m, costs, args.family, top=args.top, named=args.named,
-                       progress=bar)
+                       progress=bar, recompute=args.recompute)
     finally:
         bar.close()
     seconds = time.perf_counter() - t0

@@ -28,11 +28,14 @@ import time
 from typing import Any, TextIO
 
 from pipeblocks.cli.common import check_output, emit_json, finite_float, positive_int, write_output
+from pipeblocks.cli.memory import add_recompute_knob
 from pipeblocks.cli.simulate import add_costs_args, build_costs
 from pipeblocks.errors import SpecError
 from pipeblocks.ir.schedule import Schedule
-from pipeblocks.search import Budget, search
+from pipeblocks.search import Budget
 from pipeblocks.search.candidates import FAMILIES
+from pipeblocks.search.engine import Searcher
+from pipeblocks.search.recompute import search_recompute
 from pipeblocks.sim import CostModel, Simulation, describe_costs, memory_unit
 
 __all__ = ["register", "run", "ProgressBar", "add_search_args"]
@@ -82,6 +85,7 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
                    "and loop generators) or all (default)")
     p.add_argument("--no-named", dest="named", action="store_false",
                    help="leave the named generators out of the candidates")
+    add_recompute_knob(p)
     p.add_argument("--progress", action="store_true",
                    help="show the progress bar even when stderr is not a terminal")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -147,8 +151,10 @@ def run(args: argparse.Namespace) -> int:
     bar = bar_for(args, "search")
     t0 = time.perf_counter()
     try:
-        result = search((args.p, args.m), costs, budget, args.family, named=args.named,
-                        progress=bar, objective=args.objective)
+        searcher = Searcher(args.p, args.m, costs, args.family, named=args.named,
+                            objective=args.objective)
+        result = search_recompute(searcher, budget, bar) if args.recompute else \
+            searcher.best(budget, bar)
     finally:
         bar.close()
     seconds = time.perf_counter() - t0

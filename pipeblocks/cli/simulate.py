@@ -19,9 +19,11 @@ import dataclasses
 from typing import Any
 
 from pipeblocks.cli.common import add_cost_args, cost_of, emit_json, finite_float
+from pipeblocks.cli.memory import add_recompute_arg, apply_recompute
 from pipeblocks.cli.source import add_source_args, schedule_from_args
 from pipeblocks.errors import SpecError
 from pipeblocks.ir import Schedule, validate
+from pipeblocks.ir.recompute import recompute_label
 from pipeblocks.sim import (
     CostModel,
     Machine,
@@ -133,6 +135,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "and peak memory per rank.")
     add_source_args(p, verb="simulate")
     add_costs_args(p)
+    add_recompute_arg(p)
     p.add_argument("--bubbles", action="store_true",
                    help="also list every idle interval per rank (the bubble map)")
     p.add_argument("--capacity", type=finite_float(), default=None,
@@ -142,7 +145,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _schedule(args: argparse.Namespace) -> Schedule:
-    schedule = schedule_from_args(args, "simulate")
+    schedule = apply_recompute(schedule_from_args(args, "simulate"), args)
     validate(schedule)
     return schedule
 
@@ -153,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
     sim = simulate(schedule, costs, validate=False)  # _schedule validated it
     bubbles = bubble_map(sim, args.capacity) if args.bubbles else None
     if args.json:
-        out = {"costs": describe_costs(costs), **summary(sim)}
+        out = {"costs": describe_costs(costs), **summary(sim),
+               "recompute": sorted(schedule.recompute)}
         if bubbles is not None:
             out["bubbles"] = [[{"start": b.start, "end": b.end, "held": b.held, "free": b.free,
                                 "kind": b.kind.value} for b in rank] for rank in bubbles]
@@ -161,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     unit = sim.memory_unit
     print(f"# {schedule.name or args.schedule}  {schedule.spec.describe()}  "
-          f"{schedule.num_actions} passes  costs: {describe_costs(costs)}")
+          f"{schedule.num_actions} passes  costs: {describe_costs(costs)}"
+          + (f"  {recompute_label(schedule)}" if schedule.recompute else ""))
     print(f"makespan            {sim.makespan:.6g}")
     print(f"bubble rate         {sim.bubble_rate:.4f}  (papers' metric: max span vs busy)")
     print(f"bubble rate global  {sim.bubble_rate_global:.4f}  (all ranks from 0 to makespan)")

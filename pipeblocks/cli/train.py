@@ -27,6 +27,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from pipeblocks.cli.common import one_line_errors, positive_int
+from pipeblocks.cli.memory import add_recompute_arg, apply_recompute
 from pipeblocks.errors import PipeblocksError, SpecError
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ def add_train_args(p: argparse.ArgumentParser, *, ranks_required: bool) -> None:
                    help="microbatches per step (required with --schedule)")
     p.add_argument("--stages-per-rank", type=positive_int, default=None, metavar="V",
                    help="model chunks per rank (default: what the schedule needs)")
+    add_recompute_arg(p)
     p.add_argument("--steps", type=positive_int, default=10, help="training steps (default 10)")
     p.add_argument("--model", default="tiny-gpt", metavar="NAME|MODULE:FACTORY|FILE.py:FACTORY",
                    help="tiny-gpt (default), or a factory(num_stages, seed) returning a model "
@@ -151,6 +153,7 @@ _FLAGS = [
     ("timeout", "--timeout"), ("threads", "--threads"), ("json", "--json"),
     ("save", "--save"), ("save_every", "--save-every"), ("resume", "--resume"),
     ("allow_changes", "--allow-changes"), ("overwrite", "--overwrite"),
+    ("recompute", "--recompute"),
 ]
 
 
@@ -225,6 +228,7 @@ def load_schedule(args: argparse.Namespace, num_ranks: int) -> Schedule:
                 f"{args.schedule_file} is a schedule for {schedule.spec.num_ranks} ranks but "
                 f"{num_ranks} were asked for; use --ranks {schedule.spec.num_ranks}"
             )
+    schedule = apply_recompute(schedule, args)
     validate(schedule)
     return schedule
 

@@ -10,6 +10,7 @@ package imports every module beside it, so a new family needs no edit here.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,10 +18,11 @@ from dataclasses import dataclass
 from pipeblocks.checks import expect
 from pipeblocks.errors import SpecError
 from pipeblocks.ir.bulk import no_gc
+from pipeblocks.ir.recompute import with_recompute
 from pipeblocks.ir.schedule import Schedule
 from pipeblocks.ir.spec import PipelineSpec, Placement
 
-__all__ = ["Generator", "register", "get", "names", "generators", "generate"]
+__all__ = ["Generator", "register", "get", "names", "generators", "generate", "recomputed"]
 
 GenerateFn = Callable[[PipelineSpec], Schedule]
 
@@ -103,17 +105,43 @@ def register(
 
 
 def get(name: str) -> Generator:
-    """The generator called ``name``; an unknown name lists the known ones."""
+    """The generator called ``name``; an unknown name lists the known ones. ``NAME-r`` is
+    ``NAME`` with every stage recomputed (:func:`recomputed`; ``1f1b-r`` is the papers'
+    1F1B-R)."""
     expect("get", "name", name, str)
     _load()
     try:
         return _REGISTRY[name]
     except KeyError:
+        if name.endswith("-r") and name[:-2] in _REGISTRY:
+            return recomputed(_REGISTRY[name[:-2]])
         close = difflib.get_close_matches(name, _REGISTRY, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise SpecError(
             f"unknown schedule {name!r}; {hint}known: {', '.join(sorted(_REGISTRY))}"
         ) from None
+
+
+def recomputed(base: Generator) -> Generator:
+    """``base`` with full recomputation: its programs, every stage keeping only its input
+    between F and B (:mod:`pipeblocks.ir.recompute`). Not listed by :func:`names`: a variant
+    of every family, reached as ``NAME-r``. The grid marks the recomputed backwards:
+
+    >>> s = generate("1f1b-r", num_ranks=2, num_microbatches=3)
+    >>> sorted(s.recompute)
+    [0, 1]
+    >>> print(s)
+    rank 0 |   F0   F1 BW0*   F2 BW1* BW2*
+    rank 1 |   F0 BW0*   F1 BW1*   F2 BW2*
+    """
+    def fn(spec: PipelineSpec) -> Schedule:
+        return with_recompute(base.fn(spec))
+
+    return dataclasses.replace(
+        base, name=f"{base.name}-r", fn=fn,
+        summary=f"{base.summary} (full recomputation: keeps stage inputs only)",
+        source=f"{base.source}; recomputation as in Megatron-LM's 1F1B-R" if base.source
+        else "recomputation as in Megatron-LM's 1F1B-R")
 
 
 # Listing order: the classics, Zero Bubble, the V shapes, then any other name alphabetically.

@@ -3,7 +3,8 @@
 One row per rank, one column per program position (not a time axis: see
 :mod:`pipeblocks.visual` for timed pictures). :func:`rows_text` lays out any such rows of
 cells; the building blocks' patterns and slot layouts use it too. Where a rank holds one stage the cell is
-``<letter><mb>``, else ``<stage><letter><mb>``. A marked cell is shown as ``[cell]``.
+``<letter><mb>``, else ``<stage><letter><mb>``; the backward of a recomputed stage
+(:mod:`pipeblocks.ir.recompute`) ends in ``*``. A marked cell is shown as ``[cell]``.
 
     >>> from pipeblocks.ir import Action, Pass, PipelineSpec, Schedule
     >>> spec = PipelineSpec(num_ranks=2, num_microbatches=2)
@@ -41,6 +42,11 @@ def grid(schedule: Schedule, mark: tuple[int, int] | None = None, max_columns: i
         hi = lo + max_columns
     # Only the shown window is formatted: error grids of p=64, m=512 schedules stay cheap.
     cells = [[a.short(with_stage) for a in prog[lo:hi]] for prog in programs]
+    if schedule.recompute:  # a recomputed stage's backward re-runs its forward: marked '*'
+        rc = schedule.recompute
+        cells = [[c + "*" if a.stage in rc and a.kind.frees_input_grad else c
+                  for c, a in zip(row, prog[lo:hi], strict=True)]
+                 for row, prog in zip(cells, programs, strict=True)]
     prefix = "... " if lo > 0 else ""
     ends = [(prefix, " ..." if hi < len(prog) else "") for prog in programs]
     return rows_text(cells, mark, first=lo, ends=ends)

@@ -23,16 +23,21 @@ from pipeblocks.errors import SpecError
 from pipeblocks.ir.actions import Action
 from pipeblocks.ir.spec import PipelineSpec
 
-__all__ = ["Schedule"]
+__all__ = ["Schedule", "check_stages"]
 
 
 @dataclass(frozen=True, slots=True)
 class Schedule:
-    """``programs[r]`` is rank r's ordered tuple of actions; ``name`` says where it came from."""
+    """``programs[r]`` is rank r's ordered tuple of actions; ``name`` says where it came from;
+    ``recompute``: the stages that keep only their input between F and B and re-run their
+    forward at the start of B (docs/memory.md; :mod:`pipeblocks.ir.recompute`). Equality, like
+    for ``name``, compares spec and programs only (the torch CSV keeps those and drops the
+    recompute choice); compare ``recompute`` itself where it matters."""
 
     spec: PipelineSpec
     programs: tuple[tuple[Action, ...], ...]
     name: str = field(default="", compare=False)
+    recompute: frozenset[int] = field(default=frozenset(), compare=False)
 
     def __post_init__(self) -> None:
         expect("Schedule", "spec", self.spec, PipelineSpec)
@@ -46,6 +51,8 @@ class Schedule:
                 f"a schedule needs one program per rank: {self.spec.num_ranks} ranks but "
                 f"{len(progs)} programs"
             )
+        if type(self.recompute) is not frozenset or self.recompute:
+            object.__setattr__(self, "recompute", check_stages(self.spec, self.recompute))
 
     @classmethod
     def from_lists(
@@ -65,7 +72,7 @@ class Schedule:
                 yield rank, pos, a
 
     def renamed(self, name: str) -> Schedule:
-        return Schedule(self.spec, self.programs, name)
+        return Schedule(self.spec, self.programs, name, self.recompute)
 
     def __str__(self) -> str:
         from pipeblocks.ir.ascii import grid
@@ -82,3 +89,19 @@ def _program(rank: int, program: Iterable[Action]) -> tuple[Action, ...]:
         for i, a in enumerate(prog):
             expect("Schedule", f"programs[{rank}][{i}]", a, Action)
     return prog
+
+
+def check_stages(spec: PipelineSpec, stages: object) -> frozenset[int]:
+    """``stages`` as a frozenset of stage indices in 0..S-1 (else a SpecError naming the bad
+    one)."""
+    if isinstance(stages, str | bytes) or not isinstance(stages, Iterable):
+        expect("Schedule", "recompute", stages, frozenset)
+    out = []
+    for s in stages:  # type: ignore[attr-defined]
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < spec.num_stages:
+            raise SpecError(
+                f"recompute names stage {s!r}, but {spec.describe()} has stages "
+                f"0..{spec.num_stages - 1}; name stages in that range"
+            )
+        out.append(s)
+    return frozenset(out)

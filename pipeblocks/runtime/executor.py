@@ -48,6 +48,7 @@ from pipeblocks.ir.schedule import Schedule
 from pipeblocks.ir.validate import validate
 from pipeblocks.runtime.faults import Guard, RankFailure
 from pipeblocks.runtime.p2p import P2P, Post, Wire, agree_shapes, tag_of
+from pipeblocks.runtime.recompute import kept_bytes, rebuilt, stage_class
 from pipeblocks.runtime.stage import LossFn, Stage, shared_parameters
 from pipeblocks.runtime.steps import (
     StageRunner,
@@ -80,7 +81,7 @@ class Executor:
     stages, as (stage, name) per copy (default: those ``split`` found); ``check_ties``: refuse
     equal weights on different ranks that no tie names. ``autocast``: run every F under
     ``torch.autocast`` with this dtype (bf16 on CPU; bf16 or fp16 on CUDA). ``checkpoint``:
-    recompute the layers it selects in backward (:mod:`pipeblocks.runtime.recompute`).
+    recompute the layers it selects in backward (:mod:`pipeblocks.runtime.checkpointing`).
     """
 
     def __init__(
@@ -132,7 +133,7 @@ class Executor:
         self.runners: dict[int, StageRunner] = {}
         for s, m in stages.items():
             if isinstance(m, nn.Module):
-                self.runners[s] = Stage(
+                self.runners[s] = stage_class(schedule, s)(  # recompute: runtime/recompute.py
                     m, s, spec.num_stages, loss_fn,
                     split=s in uses_b and s not in tied, unsplit_reason=tied.get(s, ""),
                     autocast=cast, checkpoint=checkpoint,
@@ -281,7 +282,7 @@ class Executor:
         elif self.measure_memory:
             with _saved_bytes(self._param_ptrs) as counter:
                 out = runner.forward(j, x, st.targets[j], st.scale, side=st.side[j])
-            st.held[(s, j)] = counter[0]
+            st.held[(s, j)] = counter[0] = counter[0] + kept_bytes(runner, j)  # + recompute input
             st.live += counter[0]
             st.peak = max(st.peak, st.live)
         else:
@@ -302,10 +303,9 @@ class Executor:
         s, j, runner = a.stage, a.mb, self.runners[a.stage]
         last = s == self.spec.num_stages - 1
         g = None if last else self._inbound(st, Payload.GRAD, s + 1, s, j)
-        if a.kind is Pass.B:
-            gx = runner.backward_input(j, g)
-        else:
-            gx = runner.backward(j, g)
+        with rebuilt(st, (s, j), runner, self._param_ptrs if self.measure_memory else None):
+            gx = runner.backward_input(j, g) if a.kind is Pass.B else runner.backward(j, g)
+        if a.kind is not Pass.B:
             st.live -= st.held.pop((s, j), 0)
         if s > 0:
             assert gx is not None

@@ -63,8 +63,8 @@ import torch
 from torch import nn
 
 from pipeblocks.errors import PipeblocksError
+from pipeblocks.runtime.checkpointing import checkpointed
 from pipeblocks.runtime.frontier import Plan, Planner, WeightPass, engine_backward
-from pipeblocks.runtime.recompute import checkpointed
 from pipeblocks.runtime.tree import call, flatten, unfilled, unflatten, wanted_side
 
 __all__ = ["Stage", "LossFn", "shared_parameters"]
@@ -310,7 +310,7 @@ class Stage:
     def _call(self, part: nn.Module, h: Any, side: Mapping[str, Any], names: Sequence[str]
               ) -> Any:
         """One part under the stage's autocast; checkpointed (:mod:`pipeblocks.runtime.
-        recompute`) when chosen and gradients are on."""
+        checkpointing`) when chosen and gradients are on."""
         def run(part: nn.Module = part, h: Any = h) -> Any:
             return call(part, h, side, names)
 

@@ -20,9 +20,10 @@ from typing import Any
 
 from pipeblocks.search.budget import Budget
 from pipeblocks.search.engine import Progress, Searcher, SearchResult
+from pipeblocks.search.recompute import recomputed, search_recompute
 from pipeblocks.sim.costs import CostModel
 
-__all__ = ["ParetoPoint", "NamedPoint", "Pareto", "pareto", "budget_ladder"]
+__all__ = ["ParetoPoint", "NamedPoint", "Pareto", "pareto", "budget_ladder", "recompute_points"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +93,15 @@ def pareto(
     top: float = 2.0,
     named: bool = True,
     progress: Progress | None = None,
+    recompute: bool = False,
 ) -> Pareto:
-    """The best schedule at every budget of :func:`budget_ladder` (see the module docs)."""
+    """The best schedule at every budget of :func:`budget_ladder` (see the module docs);
+    ``recompute``: recomputation is a knob too, the ladder starts at the least peak it
+    reaches and each rung is the faster of the plain and the recomputed best
+    (:func:`recompute_points`)."""
     searcher = Searcher(num_ranks, num_microbatches, costs, family, named=named)
-    ladder = budget_ladder(num_ranks, searcher.smallest(), top)
-    points = []
+    ladder = [] if recompute else budget_ladder(num_ranks, searcher.smallest(), top)
+    points = recompute_points(searcher, top) if recompute else []
     for i, budget in enumerate(ladder):
         def step(done: int, total: int, what: str, i: int = i) -> None:
             if progress:
@@ -112,3 +117,12 @@ def pareto(
     seen = sorted(searcher.evaluated.values(), key=lambda c: c.schedule.name)
     cloud = tuple((c.simulation.peak_fraction, c.simulation.bubble_rate) for c in seen)
     return Pareto(num_ranks, num_microbatches, tuple(points), tuple(marks), cloud)
+
+
+def recompute_points(searcher: Searcher, top: float) -> list[ParetoPoint]:
+    """Rungs from the least peak recomputation reaches up to ``top``, each the faster of the
+    plain search's best and the best recomputed schedule (:mod:`pipeblocks.search.recompute`)."""
+    pool = recomputed(searcher)
+    least = min([searcher.smallest(), *(c.simulation.peak_fraction for c in pool)])
+    return [ParetoPoint(b, search_recompute(searcher, Budget.fraction(b), pool=pool))
+            for b in budget_ladder(searcher.p, least, top)]

@@ -29,6 +29,7 @@ from pipeblocks.ir.deps import Timing, walk
 from pipeblocks.ir.schedule import Schedule
 from pipeblocks.ir.validate import validate as validate_schedule
 from pipeblocks.sim.costs import UNIT, CostModel, memory_unit
+from pipeblocks.sim.recompute import rebuild_memory, recompute_tables
 from pipeblocks.sim.tables import Tables, tables
 
 __all__ = ["Span", "Simulation", "simulate"]
@@ -147,7 +148,7 @@ def simulate(
 
 
 def _simulate(schedule: Schedule, costs: CostModel) -> Simulation:
-    tab = tables(schedule.spec, costs)
+    tab = recompute_tables(tables(schedule.spec, costs), schedule)
     timing = Timing((tab.f, tab.b, tab.w, tab.bw), tab.comm_act, tab.comm_grad)
     blocked = walk(schedule, timing=timing)
     if blocked:
@@ -172,7 +173,8 @@ def _measure(
     spec = schedule.spec
     mem = list(zip(tab.mem_f, tab.mem_w, strict=True))
     # what each pass adds to the rank's memory; F at its start, the others at their end
-    add_f = [mf for mf, _ in mem]
+    add_f, bump = rebuild_memory(schedule, costs, tab)  # recompute: docs/memory.md
+    rebuilt = bool(schedule.recompute)
     add_b = [mw - mf for mf, mw in mem]
     add_w = [-mw for _, mw in mem]
     add_bw = [-mf for mf, _ in mem]
@@ -191,6 +193,10 @@ def _measure(
                 if held > peak:
                     peak = held
             else:
+                if rebuilt and kind is not kind_w and bump[a.stage]:  # B re-runs the forward
+                    held += bump[a.stage]
+                    append((t0, held))
+                    peak = max(peak, held)
                 held += (add_b if kind is kind_b else add_w if kind is kind_w else add_bw)[
                     a.stage
                 ]

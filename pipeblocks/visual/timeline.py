@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from pipeblocks.errors import SpecError
 from pipeblocks.ir.actions import Pass
+from pipeblocks.ir.recompute import recompute_label
 from pipeblocks.sim.engine import Simulation
 from pipeblocks.visual.figure import (
     need_matplotlib,
@@ -36,6 +37,7 @@ from pipeblocks.visual.figure import (
     save_figure,
     stack,
 )
+from pipeblocks.visual.memory import draw_recompute, recompute_handle
 from pipeblocks.visual.palette import BUDGET, IDLE, color, kind_label, text_color
 
 if TYPE_CHECKING:
@@ -130,6 +132,7 @@ def _draw_rows(ax: Axes, fig: Figure, rect: tuple[float, float, float, float],
         for (kind, chunk), bars in groups.items():
             ax.broken_barh(bars, (rank - half, _BOX), facecolors=color(kind, chunk, v),
                            edgecolors="white", linewidth=edge)
+    draw_recompute(ax, sim, half, _BOX)  # nothing unless the schedule recomputes
     ax.set_ylim(p - 0.5, -0.5)
     ax.set_yticks(range(p), [f"rank {r}" for r in range(p)], fontsize=8)
     ax.tick_params(axis="y", length=0)
@@ -158,6 +161,7 @@ def _title(sim: Simulation) -> str:
         f"({spec.placement.value} placement)\n"
         f"bubble {sim.bubble_rate:.1%} (paper metric), {sim.bubble_rate_global:.1%} global   "
         f"peak {sim.peak_fraction:.2f}× 1F1B   makespan {sim.makespan:g}"
+        + (f"   {recompute_label(sim.schedule)}" if sim.schedule.recompute else "")
     )
 
 
@@ -176,6 +180,8 @@ def timeline_figure(sim: Simulation, *, memory_fraction: float | None = None,
     xmax = sim.makespan if sim.makespan > 0 else 1.0
     keys = _keys(sim)
     handles = _kind_handles(keys, spec.stages_per_rank)
+    if sim.schedule.recompute:
+        handles.append(recompute_handle())
     fig = new_figure(_width_in([sim], xmax, width), 1.0)
     top_h = max(p * _ROW, len(handles) * _LEGEND_ROW)
     mem_h = max(_MEMORY, min(p + 1, 10) * _LEGEND_ROW)

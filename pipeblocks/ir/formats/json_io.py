@@ -82,6 +82,11 @@ SCHEMA: dict[str, Any] = {
                 "items": {"type": "string", "pattern": "^([0-9]+)(BW|F|B|W)([0-9]+)$"},
             },
         },
+        "recompute": {
+            "type": "array",
+            "description": "stages that keep only their input between F and B (docs/memory.md)",
+            "items": {"type": "integer", "minimum": 0},
+        },
     },
 }
 _ACTION = re.compile(SCHEMA["properties"]["programs"]["items"]["items"]["pattern"])
@@ -106,7 +111,10 @@ def dumps(schedule: Schedule) -> str:
     programs = ",\n".join(
         "    [" + ", ".join(f'"{a}"' for a in prog) + "]" for prog in schedule.programs
     )
-    lines += ['  "programs": [', programs, "  ]", "}", ""]
+    lines += ['  "programs": [', programs, "  ]" + ("," if schedule.recompute else "")]
+    if schedule.recompute:  # written only when set: other documents stay as they were
+        lines.append(f'  "recompute": {json.dumps(sorted(schedule.recompute))}')
+    lines += ["}", ""]
     return "\n".join(lines)
 
 
@@ -254,7 +262,18 @@ def _schedule(doc: Any) -> Schedule:
         raise _Invalid(("spec",), f"the spec ({spec.describe()}) needs "
                                   f"{spec.num_stages * spec.num_microbatches} forward passes but "
                                   f"programs hold only {count} actions; is a number corrupt?")
-    return Schedule(spec, programs, name)
+    return Schedule(spec, programs, name, _recompute(doc.get("recompute", []), spec))
+
+
+def _recompute(value: Any, spec: PipelineSpec) -> frozenset[int]:
+    if not isinstance(value, list):
+        raise _Invalid(("recompute",), f"recompute must be an array of stages, got "
+                                       f"{_kind(value)}")
+    for i, s in enumerate(value):
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < spec.num_stages:
+            raise _Invalid(("recompute", i), f"recompute[{i}] must be a stage in "
+                                             f"0..{spec.num_stages - 1}, got {_kind(s)}")
+    return frozenset(value)
 
 
 def _programs(value: Any, spec: PipelineSpec) -> tuple[tuple[Action, ...], ...]:

@@ -41,6 +41,7 @@ Action(stage=0, kind=<Pass.W: 'W'>, mb=0)),)
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 
@@ -49,6 +50,8 @@ from pipeblocks.ir.actions import Action, Pass
 from pipeblocks.ir.formats._text import MAX_DIGITS
 from pipeblocks.ir.schedule import Schedule
 from pipeblocks.ir.spec import PipelineSpec, Placement
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["dumps", "loads", "FROM_TORCH", "TO_TORCH"]
 
@@ -75,7 +78,13 @@ _PLAIN_ROW = re.compile(rf"{_N}[FIWB]{_N}(?:,{_N}[FIWB]{_N})*")
 
 
 def dumps(schedule: Schedule) -> str:
-    """One line per rank, cells joined by commas, PyTorch letters, no empty cells."""
+    """One line per rank, cells joined by commas, PyTorch letters, no empty cells.
+
+    The CSV has no place for the recompute choice: it is dropped with a logged warning (the JSON
+    format keeps it)."""
+    if schedule.recompute:
+        _log.warning("the torch CSV format has no recompute column: dropped the recompute of "
+                     "stages %s; save as JSON to keep it", sorted(schedule.recompute))
     return "".join(",".join(map(_text, prog)) + "\n" for prog in schedule.programs)
 
 
