@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from pipeblocks.cli.common import one_line_errors, positive_int
 from pipeblocks.cli.memory import add_recompute_arg, apply_recompute
 from pipeblocks.errors import PipeblocksError, SpecError
+from pipeblocks.ir.spec import PipelineSpec
 
 if TYPE_CHECKING:
     from pipeblocks.ir import Schedule
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = ["register", "run", "add_train_args", "to_argv", "MODELS", "build_plan", "build_parser",
            "rank_main",
-           "model_config", "layout_of", "load_model"]
+           "model_config", "layout_of", "auto_layout", "load_model"]
 
 MODELS = ("tiny-gpt",)
 
@@ -75,7 +76,8 @@ def add_train_args(p: argparse.ArgumentParser, *, ranks_required: bool) -> None:
                    "count >= 8)")
     p.add_argument("--layout", default=None, metavar="N,N,...",
                    help="blocks per stage, comma-separated (tiny-gpt: without the embedding "
-                   "and head; another model: its layers; default: even)")
+                   "and head; another model: its layers; default: even), or 'auto' (tiny-gpt: "
+                   "balance the ranks' FLOPs with the head counted, as `pipeblocks plan` does)")
     p.add_argument("--dim", type=positive_int, default=64, help="model width (default 64)")
     p.add_argument("--heads", type=positive_int, default=4, help="attention heads (default 4)")
     p.add_argument("--seq", type=positive_int, default=32, help="sequence length (default 32)")
@@ -191,7 +193,7 @@ def build_plan(args: argparse.Namespace, world: int | None = None) -> TrainPlan:
     if args.model in MODELS:
         cfg = model_config(args, S)
         source: Any = GPTSource(cfg, seed=args.seed)
-        layout = layout_of(args, cfg, S)
+        layout = layout_of(args, cfg, S, schedule.spec)
     else:
         source = load_model(args.model)(S, args.seed)
         layout = _source_layout(args, source, S)
@@ -244,12 +246,16 @@ def model_config(args: argparse.Namespace, num_stages: int) -> GPTConfig:
                      layers=layers)
 
 
-def layout_of(args: argparse.Namespace, cfg: GPTConfig, num_stages: int) -> tuple[int, ...]:
-    """Parts per stage: ``--layout`` blocks (plus embedding and head) or an even spread."""
+def layout_of(args: argparse.Namespace, cfg: GPTConfig, num_stages: int,
+              spec: PipelineSpec | None = None) -> tuple[int, ...]:
+    """Parts per stage: ``--layout`` blocks (plus embedding and head), ``--layout auto`` (the
+    planner's partition for ``spec``'s placement), or an even spread."""
     from pipeblocks.runtime.split import ends_layout
 
     if args.layout is None:
         return ends_layout(cfg.layers, num_stages)
+    if args.layout == "auto":
+        return auto_layout(cfg, spec or PipelineSpec(num_stages, 1))
     try:
         blocks = [int(x) for x in args.layout.split(",") if x.strip()]
     except ValueError:
@@ -262,6 +268,25 @@ def layout_of(args: argparse.Namespace, cfg: GPTConfig, num_stages: int) -> tupl
     if sum(blocks) != cfg.layers or min(blocks) < 0:
         raise SpecError(f"--layout {args.layout} must be >= 0 per stage and sum to the "
                         f"{cfg.layers} blocks (--layers)")
+    counts = list(blocks)
+    counts[0] += 1  # the embedding
+    counts[-1] += 1  # the head (and the loss)
+    return tuple(counts)
+
+
+def auto_layout(cfg: GPTConfig, spec: PipelineSpec) -> tuple[int, ...]:
+    """The small GPT's parts per stage that balance the ranks' time per microbatch, each block
+    costing its F + B + W FLOPs and the last stage also the head's (the output layer over the
+    vocabulary; the embedding is a lookup, free): :func:`pipeblocks.planner.partition`."""
+    from pipeblocks.planner.model import ModelSpec
+    from pipeblocks.planner.partition import partition
+
+    model = ModelSpec(layers=cfg.layers, hidden=cfg.dim, heads=cfg.heads, seq=cfg.seq,
+                      vocab=cfg.vocab)
+    head = 3 * model.head_flops(cfg.seq)  # F + B + W of the output layer
+    blocks = partition(cfg.layers, spec.num_ranks, stages_per_rank=spec.stages_per_rank,
+                       placement=spec.placement, layer=sum(model.layer_flops(cfg.seq)),
+                       extra={spec.num_stages - 1: head})
     counts = list(blocks)
     counts[0] += 1  # the embedding
     counts[-1] += 1  # the head (and the loss)

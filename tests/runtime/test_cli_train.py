@@ -120,3 +120,26 @@ def test_a_bad_model_factory_is_refused_before_any_process(tmp_path) -> None:
         res = _train("--model", model, "--ranks", "2", "--schedule", "1f1b",
                      "--microbatches", "4", "--steps", "1", timeout=60)
         assert res.returncode == 2 and want in res.stderr, (model, res.stderr)
+
+
+def test_layout_auto_balances_the_head_with_the_planner_partition() -> None:
+    """--layout auto: the planner's partition of the blocks, the head counted on the last stage
+    (a large vocabulary leaves it fewer blocks); loop and V placements; no process started."""
+    from pipeblocks.cli.train import build_parser, build_plan
+    from pipeblocks.planner.model import ModelSpec
+    from pipeblocks.planner.partition import partition
+
+    for schedule, v, placement in (("1f1b", 1, "loop"), ("v-half", 2, "v")):
+        args = build_parser().parse_args([
+            "--schedule", schedule, "--ranks", "4", "--microbatches", "8", "--layers", "16",
+            "--vocab", "8192", "--dim", "64", "--seq", "32", "--layout", "auto"])
+        plan = build_plan(args)
+        blocks = list(plan.layout)
+        blocks[0] -= 1
+        blocks[-1] -= 1
+        model = ModelSpec(layers=16, hidden=64, heads=4, seq=32, vocab=8192)
+        want = partition(16, 4, stages_per_rank=v, placement=placement,
+                         layer=sum(model.layer_flops(32)),
+                         extra={4 * v - 1: 3 * model.head_flops(32)})
+        assert tuple(blocks) == want and sum(blocks) == 16
+        assert blocks[-1] < max(blocks)  # the head's stage carries fewer blocks
