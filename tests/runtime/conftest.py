@@ -7,6 +7,10 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+# The worker scripts run as programs (each imports its neighbours by file name); they hold no
+# doctests, and importing them as test modules would fail.
+collect_ignore_glob = ["*_worker.py"]
+
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
