@@ -98,19 +98,49 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _param_names(stages: Mapping[int, nn.Module]) -> dict[int, tuple[int, str]]:
-    """id(parameter) -> (stage, name) for every parameter of the stages."""
-    out: dict[int, tuple[int, str]] = {}
-    for s, module in sorted(stages.items()):
-        for name, p in module.named_parameters():
-            out.setdefault(id(p), (s, name))
+def _aliases(stages: Mapping[int, nn.Module]) -> dict[tuple[int, str], tuple[int, str]]:
+    """(stage, name) of every tied copy but the first -> the first copy's (stage, name).
+
+    A tied weight (:mod:`pipeblocks.runtime.ties`, recorded on the stages by ``split``) is
+    stored once, under its first copy's key; every copy, on any rank, loads from that key."""
+    out: dict[tuple[int, str], tuple[int, str]] = {}
+    for module in stages.values():
+        for tie in getattr(module, "pipeblocks_ties", ()):
+            first = min(tie)
+            out.update({copy: first for copy in tie if copy != first})
     return out
 
 
-def _model_state(stages: Mapping[int, nn.Module]) -> dict[str, torch.Tensor]:
-    """Weights and buffers by global key; the tensors share storage with the modules."""
-    return {f"stage{s}.model.{k}": v for s, module in sorted(stages.items())
-            for k, v in module.state_dict().items()}
+def _param_names(stages: Mapping[int, nn.Module]) -> dict[int, tuple[int, str]]:
+    """id(parameter) -> the (stage, name) it is stored under (a tied copy: the first's)."""
+    aliases = _aliases(stages)
+    out: dict[int, tuple[int, str]] = {}
+    for s, module in sorted(stages.items()):
+        for name, p in module.named_parameters():
+            out.setdefault(id(p), aliases.get((s, name), (s, name)))
+    return out
+
+
+def _model_state(stages: Mapping[int, nn.Module], *, saving: bool = False,
+                 copies: list[tuple[torch.Tensor, str]] | None = None
+                 ) -> dict[str, torch.Tensor]:
+    """Weights and buffers by global key; the tensors share storage with the modules. Saving
+    leaves out the tied copies but the first; loading reads them from the first's key (a
+    second copy on this rank goes to ``copies``, as (tensor, key), to be filled after)."""
+    aliases = _aliases(stages)
+    out: dict[str, torch.Tensor] = {}
+    for s, module in sorted(stages.items()):
+        for k, v in module.state_dict().items():
+            first = aliases.get((s, k))
+            if first is None:
+                out[f"stage{s}.model.{k}"] = v
+            elif not saving:
+                key = f"stage{first[0]}.model.{first[1]}"
+                if key not in out:
+                    out[key] = v
+                elif copies is not None and out[key] is not v:
+                    copies.append((v, key))
+    return out
 
 
 def _optim_state(stages: Mapping[int, nn.Module],
@@ -118,9 +148,13 @@ def _optim_state(stages: Mapping[int, nn.Module],
     if optimizer is None:
         return {}
     names = _param_names(stages)
+    aliases = _aliases(stages)
     out = {}
     for group in optimizer.param_groups:
         for p in group["params"]:
+            if id(p) in names and names[id(p)] in aliases.values() and not _holds(
+                    stages, p, names[id(p)]):
+                continue  # a tied copy whose first copy is on another rank: stored there
             if id(p) not in names:
                 raise SpecError("the optimizer holds a parameter of no stage on this rank; "
                                 "build it from the stages' parameters")
@@ -131,6 +165,12 @@ def _optim_state(stages: Mapping[int, nn.Module],
                                     f"not a tensor; pipeblocks checkpoints hold tensors only")
                 out[f"stage{s}.optim.{name}.{k}"] = v
     return out
+
+
+def _holds(stages: Mapping[int, nn.Module], p: nn.Parameter, key: tuple[int, str]) -> bool:
+    """Whether ``p`` is the parameter stored under ``key`` on this rank (its stage is here)."""
+    s, name = key
+    return s in stages and dict(stages[s].named_parameters()).get(name) is p
 
 
 @contextlib.contextmanager
@@ -222,7 +262,7 @@ def save(
     final, tmp = root / name, root / f"{TMP}{name}"
     rank = _rank()
     what = f"saving the checkpoint of step {step}"
-    state = {**_model_state(stages), **_optim_state(stages, optimizer)}
+    state = {**_model_state(stages, saving=True), **_optim_state(stages, optimizer)}
     with _collective(what, guard):
         if rank == 0:
             root.mkdir(parents=True, exist_ok=True)
@@ -313,7 +353,8 @@ def load(info: CheckpointInfo, stages: Mapping[int, nn.Module],
     except (OSError, pickle.UnpicklingError, EOFError) as e:
         raise CheckpointError(f"--resume {info.path}: cannot read the checkpoint ({e}); it is "
                               f"damaged: resume from an earlier one or start afresh") from None
-    model = _model_state(stages)
+    copies: list[tuple[torch.Tensor, str]] = []
+    model = _model_state(stages, copies=copies)
     for key, tensor in model.items():
         meta = saved.get(key)
         if not isinstance(meta, TensorStorageMetadata) or tuple(meta.size) != tuple(tensor.shape):
@@ -337,14 +378,19 @@ def load(info: CheckpointInfo, stages: Mapping[int, nn.Module],
     with _collective(f"loading the checkpoint {info.path}", guard,
                      "; the checkpoint is damaged: resume from an earlier one or start afresh"):
         dcp.load({**model, **optim}, storage_reader=reader, no_dist=not dist.is_initialized())
+    with torch.no_grad():
+        for tensor, key in copies:  # a second copy of a tied weight on this rank
+            tensor.copy_(model[key])
     if optimizer is not None:
-        by_head = {f"stage{s}.optim.{n}.": pid for pid, (s, n) in names.items()}
+        by_head: dict[str, list[int]] = {}
+        for pid, (s, n) in names.items():
+            by_head.setdefault(f"stage{s}.optim.{n}.", []).append(pid)
         state: dict[int, dict[str, torch.Tensor]] = {}
         for key, tensor in optim.items():
             head, k = key[:key.rfind(".") + 1], key[key.rfind(".") + 1:]
-            pid = by_head[head]
-            if pid in index:
-                state.setdefault(index[pid], {})[k] = tensor
+            for pid in by_head[head]:
+                if pid in index:
+                    state.setdefault(index[pid], {})[k] = tensor.clone()
         packed = optimizer.state_dict()
         optimizer.load_state_dict({"state": state, "param_groups": packed["param_groups"]})
     return info.step

@@ -80,6 +80,50 @@ def test_round_trip_restores_weights_and_optimizer_exactly(tmp_path: Path) -> No
     assert all(torch.equal(a, b) for a, b in zip(_params(stages), _params(fresh), strict=True))
 
 
+def _tied(seed: int) -> tuple[dict[int, torch.nn.Module], torch.optim.Adam]:
+    """Stages 0 and 1 holding two copies of one tied weight, as two ranks do (equal, distinct
+    Parameters; the tie recorded on the stages as ``split`` records it)."""
+    torch.manual_seed(seed)
+    a = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False))
+    b = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False), torch.nn.Linear(4, 4))
+    b[0].weight = torch.nn.Parameter(a[0].weight.detach().clone())
+    a.pipeblocks_ties = b.pipeblocks_ties = (((0, "0.weight"), (1, "0.weight")),)
+    stages = {0: a, 1: b}
+    return stages, torch.optim.Adam([p for m in stages.values() for p in m.parameters()], lr=0.1)
+
+
+def _tied_step(stages: dict[int, torch.nn.Module], opt: torch.optim.Adam) -> None:
+    """One step, the copies' gradients summed as runtime.ties does across ranks."""
+    stages[1](stages[0](torch.ones(2, 4))).pow(2).sum().backward()
+    total = stages[0][0].weight.grad + stages[1][0].weight.grad
+    for s in (0, 1):
+        stages[s][0].weight.grad = total.clone()
+    opt.step()
+    opt.zero_grad()
+
+
+def test_a_tied_weight_is_stored_once_and_every_copy_loads_it(tmp_path: Path) -> None:
+    """The checkpoint holds the tied weight and its Adam state under the first copy's key only;
+    loading gives both copies that weight and state (one more step keeps every parameter equal
+    to the saved run's)."""
+    stages, opt = _tied(0)
+    _tied_step(stages, opt)
+    save(tmp_path, 1, stages, opt, layout=[1, 2], model={"test": 1})
+    keys = set(read_tensors(find(tmp_path).path))
+    assert "stage0.model.0.weight" in keys and "stage1.model.0.weight" not in keys
+    assert {k for k in keys if k.startswith("stage0.optim.0.weight.")}
+    assert not {k for k in keys if k.startswith("stage1.optim.0.weight.")}
+    assert "stage1.model.1.weight" in keys  # untied weights as before
+    fresh, fresh_opt = _tied(1)
+    assert not torch.equal(fresh[0][0].weight, stages[0][0].weight)
+    load(find(tmp_path), fresh, fresh_opt)
+    assert torch.equal(fresh[1][0].weight, stages[0][0].weight)
+    assert all(torch.equal(a, b) for a, b in zip(_params(stages), _params(fresh), strict=True))
+    _tied_step(stages, opt)
+    _tied_step(fresh, fresh_opt)
+    assert all(torch.equal(a, b) for a, b in zip(_params(stages), _params(fresh), strict=True))
+
+
 def test_latest_names_the_newest_and_old_ones_are_pruned(tmp_path: Path) -> None:
     """Four saves with keep=2: the two newest remain, ``latest`` names the last, and a
     checkpoint folder can also be named directly."""
