@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         check_output(args.output)
     # torch only on this path (and only inside pipeblocks.runtime), so `pipeblocks --help`
     # works without it
-    from pipeblocks.cli.train import layout_of, model_config
+    from pipeblocks.cli.tinygpt import layout_of, model_config
     from pipeblocks.models.profile import profile_small_gpt
 
     num_stages = args.ranks * args.stages_per_rank

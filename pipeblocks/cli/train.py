@@ -21,24 +21,22 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 from typing import TYPE_CHECKING, Any
 
 from pipeblocks.cli.common import one_line_errors, positive_int
 from pipeblocks.cli.memory import add_recompute_arg, apply_recompute
+from pipeblocks.cli.tinygpt import layout_of, model_config
 from pipeblocks.errors import PipeblocksError, SpecError
-from pipeblocks.ir.spec import PipelineSpec
 
 if TYPE_CHECKING:
     from pipeblocks.ir import Schedule
-    from pipeblocks.models.gpt import GPTConfig
     from pipeblocks.runtime.trainer import TrainPlan
 
 __all__ = ["register", "run", "add_train_args", "to_argv", "MODELS", "build_plan", "build_parser",
            "rank_main",
-           "model_config", "layout_of", "auto_layout", "load_model"]
+           "load_model"]
 
 MODELS = ("tiny-gpt",)
 
@@ -233,64 +231,6 @@ def load_schedule(args: argparse.Namespace, num_ranks: int) -> Schedule:
     schedule = apply_recompute(schedule, args)
     validate(schedule)
     return schedule
-
-
-def model_config(args: argparse.Namespace, num_stages: int) -> GPTConfig:
-    """The small GPT's sizes; by default the smallest multiple of the stage count >= 8 blocks."""
-    from pipeblocks.models.gpt import GPTConfig
-
-    layers = args.layers or num_stages * math.ceil(8 / num_stages)
-    if args.dim % args.heads:
-        raise SpecError(f"--dim must be a multiple of --heads (got {args.dim} and {args.heads})")
-    return GPTConfig(vocab=args.vocab, seq=args.seq, dim=args.dim, heads=args.heads,
-                     layers=layers)
-
-
-def layout_of(args: argparse.Namespace, cfg: GPTConfig, num_stages: int,
-              spec: PipelineSpec | None = None) -> tuple[int, ...]:
-    """Parts per stage: ``--layout`` blocks (plus embedding and head), ``--layout auto`` (the
-    planner's partition for ``spec``'s placement), or an even spread."""
-    from pipeblocks.runtime.split import ends_layout
-
-    if args.layout is None:
-        return ends_layout(cfg.layers, num_stages)
-    if args.layout == "auto":
-        return auto_layout(cfg, spec or PipelineSpec(num_stages, 1))
-    try:
-        blocks = [int(x) for x in args.layout.split(",") if x.strip()]
-    except ValueError:
-        raise SpecError(f"--layout {args.layout!r} is not a comma-separated list of integers") from None
-    if len(blocks) != num_stages:
-        raise SpecError(
-            f"--layout gives {len(blocks)} stages but the schedule has {num_stages} "
-            f"(p * v); give {num_stages} block counts"
-        )
-    if sum(blocks) != cfg.layers or min(blocks) < 0:
-        raise SpecError(f"--layout {args.layout} must be >= 0 per stage and sum to the "
-                        f"{cfg.layers} blocks (--layers)")
-    counts = list(blocks)
-    counts[0] += 1  # the embedding
-    counts[-1] += 1  # the head (and the loss)
-    return tuple(counts)
-
-
-def auto_layout(cfg: GPTConfig, spec: PipelineSpec) -> tuple[int, ...]:
-    """The small GPT's parts per stage that balance the ranks' time per microbatch, each block
-    costing its F + B + W FLOPs and the last stage also the head's (the output layer over the
-    vocabulary; the embedding is a lookup, free): :func:`pipeblocks.planner.partition`."""
-    from pipeblocks.planner.model import ModelSpec
-    from pipeblocks.planner.partition import partition
-
-    model = ModelSpec(layers=cfg.layers, hidden=cfg.dim, heads=cfg.heads, seq=cfg.seq,
-                      vocab=cfg.vocab)
-    head = 3 * model.head_flops(cfg.seq)  # F + B + W of the output layer
-    blocks = partition(cfg.layers, spec.num_ranks, stages_per_rank=spec.stages_per_rank,
-                       placement=spec.placement, layer=sum(model.layer_flops(cfg.seq)),
-                       extra={spec.num_stages - 1: head})
-    counts = list(blocks)
-    counts[0] += 1  # the embedding
-    counts[-1] += 1  # the head (and the loss)
-    return tuple(counts)
 
 
 def load_model(text: str) -> Any:

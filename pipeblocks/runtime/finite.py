@@ -55,9 +55,12 @@ def watch_outputs(stages: Mapping[int, torch.nn.Module],
         last = mod[-1] if isinstance(mod, torch.nn.Sequential) and len(mod) > 1 else mod
 
         def hook(_m: Any, _i: Any, out: Any, flag: torch.Tensor = flag) -> None:
-            for t in _leaves(out):  # a tensor, or a tuple / dict of them (runtime.tree)
-                if t.is_floating_point():
-                    flag.logical_or_(~torch.isfinite(t).all())
+            # no_grad: isfinite decomposes into abs() etc., which would save the output for a
+            # backward that never comes (and count in --memory's saved bytes)
+            with torch.no_grad():
+                for t in _leaves(out):  # a tensor, or a tuple / dict of them (runtime.tree)
+                    if t.is_floating_point():
+                        flag.logical_or_(~torch.isfinite(t).all())
 
         last.register_forward_hook(hook)
     return flags

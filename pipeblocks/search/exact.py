@@ -2,8 +2,8 @@
 
 The whole step is one constraint program (OR-Tools CP-SAT, the ``solver`` extra): every F, B and
 W of every stage and microbatch is an interval with its real duration; the dependency rules
-(shared/DESIGN.md section 2) with the transfer delay between ranks; one pass at a time per rank
-(NoOverlap); and the activation memory per rank over time as a reservoir (F holds mem_f from its
+(docs/design.md, "Passes and dependencies") with the transfer delay between ranks; one pass at a
+time per rank (NoOverlap); and the activation memory per rank over time as a reservoir (F holds mem_f from its
 start, B frees mem_f - mem_w at its end, W frees mem_w at its end: the simulator's accounting)
 that never goes above the limit. The objective is the makespan. Passes are kept apart (B and W),
 which loses nothing: a BW is a B with its W right after.
