@@ -40,6 +40,7 @@ from torch import nn
 
 from pipeblocks.errors import SpecError
 from pipeblocks.ir.actions import Action, Pass
+from pipeblocks.ir.hybrid import Collective, with_data_parallel
 from pipeblocks.ir.lowering import Comm, CommOp, LoweredSchedule, Payload, Transfer, lower, op_text
 from pipeblocks.ir.schedule import Schedule
 from pipeblocks.ir.validate import validate
@@ -113,6 +114,7 @@ class Executor:
         count_tokens: Callable[[Any], Any] | None = None,
         ties: Sequence[Sequence[tuple[int, str]]] | None = None,
         check_ties: bool = True,
+        reducer: Any = None,
     ) -> None:
         import torch.distributed as dist
 
@@ -131,6 +133,9 @@ class Executor:
             raise SpecError("a schedule over several ranks needs torch.distributed initialised")
         validate(schedule)
         self.lowered: LoweredSchedule = lower(schedule)
+        self.reducer = reducer  # data parallel (runtime/hybrid.py): its ops join the program
+        if reducer is not None:
+            self.lowered = with_data_parallel(self.lowered)
         self.program = self.lowered.programs[rank]
         uses_b = {a.stage for a in schedule.programs[rank] if a.kind is Pass.B}
         modules = {s: m for s, m in stages.items() if isinstance(m, nn.Module)}
@@ -178,6 +183,9 @@ class Executor:
         if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)
         losses = self._run(st)
+        if self.reducer is not None:
+            self._where("the data-parallel gradient reductions")
+            self.reducer.finish()
         if self.ties is not None:
             self._where("the all-reduce of tied parameters' gradients")
             self.ties.reduce()
@@ -272,7 +280,10 @@ class Executor:
                 self._flush(st)
                 self._where(str(op))
                 t0 = st.ready = time.perf_counter()
-                if op.kind is Pass.F:
+                if isinstance(op, Collective):
+                    if not st.evaluate:
+                        self.reducer.run(op)
+                elif op.kind is Pass.F:
                     self._forward(st, op)
                 elif st.evaluate:
                     continue

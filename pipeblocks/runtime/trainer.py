@@ -30,7 +30,9 @@ from pipeblocks.ir.schedule import Schedule
 from pipeblocks.runtime import checkpoint
 from pipeblocks.runtime.emulate import EmulatedStage
 from pipeblocks.runtime.executor import Executor
+from pipeblocks.ir.hybrid import Mesh
 from pipeblocks.runtime.faults import Guard, RankFailure, write_error
+from pipeblocks.runtime.hybrid import GradReducer, MeshGroups, dp_slice, mesh_groups
 from pipeblocks.runtime.p2p import one_way_ms
 from pipeblocks.runtime.split import layers_of, split
 from pipeblocks.runtime.ties import unique_parameters
@@ -88,6 +90,7 @@ class TrainOptions:
     threads: int = 1
     save: str | None = None
     save_every: int | None = None
+    dp: int = 1  # data-parallel replicas of the pipeline (DDP-style), docs/hybrid.md
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +107,13 @@ class TrainPlan:
 
     @property
     def batch_size(self) -> int:
+        """Samples per step and pipeline (one data-parallel replica)."""
         return self.schedule.spec.num_microbatches * self.options.microbatch_size
+
+    @property
+    def global_batch_size(self) -> int:
+        """Samples per step over every data-parallel replica."""
+        return self.batch_size * self.options.dp
 
 
 OnStep = Callable[[dict[str, Any]], None]
@@ -130,7 +139,10 @@ def run_rank(plan: TrainPlan, on_step: OnStep | None = None) -> dict[str, Any]:
                                 timeout=timedelta(seconds=plan.options.timeout + 30))
     guard = Guard(rank, timeout=plan.options.timeout) if dist.is_initialized() else None
     try:
-        report = train(plan, device=device, guard=guard, on_step=on_step)
+        groups = None
+        if plan.options.dp > 1:
+            groups = mesh_groups(Mesh.of(world, plan.options.dp))
+        report = train(plan, device=device, guard=guard, on_step=on_step, groups=groups)
     except Exception as e:
         _stop(rank, e, guard)
     if guard is not None:
@@ -162,14 +174,17 @@ def _stop(rank: int, e: Exception, guard: Guard | None) -> None:
 
 
 def train(plan: TrainPlan, *, device: torch.device, guard: Guard | None = None,
-          on_step: OnStep | None = None) -> dict[str, Any]:
-    """Run the plan's steps on this rank (the process group, if any, is initialised)."""
+          on_step: OnStep | None = None, groups: MeshGroups | None = None) -> dict[str, Any]:
+    """Run the plan's steps on this rank (the process group, if any, is initialised;
+    ``groups``: this rank's mesh groups when the pipeline is replicated)."""
     opts, spec = plan.options, plan.schedule.spec
     rank = dist.get_rank() if dist.is_initialized() else 0
+    if groups is not None:
+        rank = groups.coords[1]  # the pipeline rank
     model = plan.model.build()
     parts = split(model, spec.num_stages, plan.layout)
     mine: dict[int, nn.Module] = {s: parts[s] for s in spec.stages_of(rank)}
-    ex, opt = _executor(plan, mine, device, guard)
+    ex, opt = _executor(plan, mine, device, guard, groups)
     first = 0
     if plan.resume is not None:
         _where(guard, "loading the checkpoint")
@@ -182,7 +197,7 @@ def train(plan: TrainPlan, *, device: torch.device, guard: Guard | None = None,
     grads: dict[str, torch.Tensor] = {}
     peak = 0
     for step in range(first, opts.steps):
-        row, res = _step(plan, ex, step, device)
+        row, res = _step(plan, ex, step, device, groups)
         steps.append(row)
         peak = max(peak, res.peak_activation_bytes)
         if step == 0 and opts.check_grads:
@@ -200,27 +215,36 @@ def train(plan: TrainPlan, *, device: torch.device, guard: Guard | None = None,
 
 
 def _executor(plan: TrainPlan, mine: dict[int, nn.Module], device: torch.device,
-              guard: Guard | None) -> tuple[Executor, torch.optim.Optimizer | None]:
+              guard: Guard | None, groups: MeshGroups | None = None
+              ) -> tuple[Executor, torch.optim.Optimizer | None]:
     opts, spec = plan.options, plan.schedule.spec
+    mesh: dict[str, Any] = {}
+    if groups is not None:
+        mesh = {"group": groups.pipeline, "rank": groups.coords[1],
+                "reducer": GradReducer(mine, groups.dp, groups.mesh.dp)}
     if opts.emulate_ms is not None:
         shape = plan.model.activation_shape(opts.microbatch_size)
         runners: dict[int, Any] = {
             s: EmulatedStage(s, spec.num_stages, opts.emulate_ms, shape, device=device)
             for s in mine}
-        return Executor(plan.schedule, runners, None, None, guard=guard, device=device), None
+        return Executor(plan.schedule, runners, None, None, guard=guard, device=device,
+                        **mesh), None
     for mod in mine.values():
         mod.to(device)
     params = unique_parameters(mine.values())  # a weight tied on this rank is stepped once
     opt = torch.optim.Adam(params, lr=opts.lr) if params else None
     ex = Executor(plan.schedule, mine, plan.model.loss, opt, guard=guard, device=device,
                   measure_memory=opts.memory,
-                  count_tokens=getattr(plan.model, "count_tokens", None))
+                  count_tokens=getattr(plan.model, "count_tokens", None), **mesh)
     return ex, opt
 
 
-def _step(plan: TrainPlan, ex: Executor, step: int, device: torch.device
-          ) -> tuple[dict[str, Any], Any]:
+def _step(plan: TrainPlan, ex: Executor, step: int, device: torch.device,
+          groups: MeshGroups | None = None) -> tuple[dict[str, Any], Any]:
     inputs, targets, side = _batch(plan, step, device)
+    if groups is not None:  # this replica's slice of the global batch
+        d, dp = groups.coords[0], groups.mesh.dp
+        inputs, targets, side = (dp_slice(x, d, dp) for x in (inputs, targets, side))
     if dist.is_initialized():
         dist.barrier()
     res = ex.step(inputs, targets, side=side)
@@ -232,7 +256,13 @@ def _step(plan: TrainPlan, ex: Executor, step: int, device: torch.device
     ms = (float(t[0]) + float(t[1])) * 1e3
     # emulated passes compute no loss
     ok = math.isfinite(float(t[2])) and plan.options.emulate_ms is None
-    return {"step": step + 1, "ms": ms, "loss": float(t[2]) if ok else None}, res
+    loss = float(t[2])
+    if groups is not None and ok:  # the global batch's mean: average the replicas' losses
+        lt = torch.tensor([res.loss if res.loss is not None else 0.0], dtype=torch.float64,
+                          device=device)
+        dist.all_reduce(lt)
+        loss = float(lt[0]) / groups.mesh.dp
+    return {"step": step + 1, "ms": ms, "loss": loss if ok else None}, res
 
 
 def _report(plan: TrainPlan, steps: list[dict[str, Any]], first: int, peak: int,
@@ -250,7 +280,9 @@ def _report(plan: TrainPlan, steps: list[dict[str, Any]], first: int, peak: int,
     median = statistics.median(step_ms)
     report: dict[str, Any] = {
         "schedule": plan.name,
-        "ranks": spec.num_ranks,
+        "ranks": spec.num_ranks * opts.dp,
+        "dp": opts.dp,
+        "pp": spec.num_ranks,
         "microbatches": spec.num_microbatches,
         "stages_per_rank": spec.stages_per_rank,
         "placement": spec.placement.value,
@@ -259,7 +291,7 @@ def _report(plan: TrainPlan, steps: list[dict[str, Any]], first: int, peak: int,
         "backend": dist.get_backend() if dist.is_initialized() else "none",
         "step_ms": step_ms,
         "step_ms_median": median,
-        "tokens_per_s": plan.batch_size * plan.model.tokens_per_sample / (median / 1e3),
+        "tokens_per_s": plan.global_batch_size * plan.model.tokens_per_sample / (median / 1e3),
         "loss": [s["loss"] for s in steps],
     }
     if opts.memory:
@@ -274,7 +306,7 @@ def _report(plan: TrainPlan, steps: list[dict[str, Any]], first: int, peak: int,
 
 def _batch(plan: TrainPlan, step: int, device: torch.device) -> tuple[Any, Any, dict[str, Any]]:
     """Step ``step``'s inputs, targets and side inputs (``{}`` if none) on ``device``."""
-    got = plan.model.batch(plan.batch_size, step)
+    got = plan.model.batch(plan.global_batch_size, step)
     side = got[2] if len(got) > 2 else {}
     return (_to(got[0], device), _to(got[1], device),
             {k: _to(v, device) for k, v in side.items()})
