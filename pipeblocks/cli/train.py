@@ -61,6 +61,9 @@ def add_train_args(p: argparse.ArgumentParser, *, ranks_required: bool) -> None:
     p.add_argument("--dp", type=positive_int, default=1, metavar="D",
                    help="data-parallel replicas of the pipeline (DDP-style gradient "
                    "all-reduce); pipeline ranks = ranks / D (default 1, docs/hybrid.md)")
+    p.add_argument("--emulate-bandwidth", type=_positive_float, default=1e8, metavar="BYTES/S",
+                   help="with --emulate-ms and --dp: each stage's gradient all-reduce sleeps "
+                   "what a ring over links of this bandwidth takes (default 1e8)")
     p.add_argument("-m", "--microbatches", type=positive_int, default=None,
                    help="microbatches per step (required with --schedule)")
     p.add_argument("--stages-per-rank", type=positive_int, default=None, metavar="V",
@@ -143,7 +146,7 @@ _FLAGS = [
     ("emulate_ms", "--emulate-ms"), ("check_grads", "--check-grads"), ("memory", "--memory"),
     ("timeout", "--timeout"), ("threads", "--threads"), ("json", "--json"),
     ("save", "--save"), ("save_every", "--save-every"), ("resume", "--resume"),
-    ("dp", "--dp"),
+    ("dp", "--dp"), ("emulate_bandwidth", "--emulate-bandwidth"),
 ]
 
 
@@ -190,7 +193,7 @@ def build_plan(args: argparse.Namespace, world: int | None = None) -> TrainPlan:
         steps=args.steps, microbatch_size=args.microbatch_size, lr=args.lr, seed=args.seed,
         emulate_ms=args.emulate_ms, check_grads=args.check_grads, memory=args.memory,
         timeout=args.timeout, threads=args.threads, save=args.save, save_every=args.save_every,
-        dp=args.dp)
+        dp=args.dp, emulate_bandwidth=args.emulate_bandwidth)
     return TrainPlan(schedule, source, layout, options,
                      name=schedule.name or str(args.schedule_file), resume=resume)
 

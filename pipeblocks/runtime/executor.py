@@ -132,10 +132,9 @@ class Executor:
         if spec.num_ranks > 1 and not dist.is_initialized():
             raise SpecError("a schedule over several ranks needs torch.distributed initialised")
         validate(schedule)
-        self.lowered: LoweredSchedule = lower(schedule)
         self.reducer = reducer  # data parallel (runtime/hybrid.py): its ops join the program
-        if reducer is not None:
-            self.lowered = with_data_parallel(self.lowered)
+        self.lowered: LoweredSchedule = lower(schedule) if reducer is None else (
+            with_data_parallel(lower(schedule)))
         self.program = self.lowered.programs[rank]
         uses_b = {a.stage for a in schedule.programs[rank] if a.kind is Pass.B}
         modules = {s: m for s, m in stages.items() if isinstance(m, nn.Module)}
@@ -183,8 +182,7 @@ class Executor:
         if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)
         losses = self._run(st)
-        if self.reducer is not None:
-            self._where("the data-parallel gradient reductions")
+        if self.reducer is not None:  # wait for the reduce_grad ops' all-reduces
             self.reducer.finish()
         if self.ties is not None:
             self._where("the all-reduce of tied parameters' gradients")
@@ -280,13 +278,12 @@ class Executor:
                 self._flush(st)
                 self._where(str(op))
                 t0 = st.ready = time.perf_counter()
-                if isinstance(op, Collective):
-                    if not st.evaluate:
-                        self.reducer.run(op)
-                elif op.kind is Pass.F:
+                if op.kind is Pass.F:
                     self._forward(st, op)
                 elif st.evaluate:
                     continue
+                elif isinstance(op, Collective):  # a Collective's kind is never a Pass
+                    self.reducer.run(op)
                 elif op.kind is Pass.W:
                     self._weight(st, op)
                 else:

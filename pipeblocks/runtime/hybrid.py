@@ -15,6 +15,7 @@ batch; the average over the ``dp`` ranks is the mean over the global batch.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +26,11 @@ from torch import nn
 
 from pipeblocks.errors import SpecError
 from pipeblocks.ir.hybrid import Collective, CollectiveKind, Mesh
+from pipeblocks.runtime.emulate import emulated_sleep
+from pipeblocks.sim.collectives import Link, Network
 
-__all__ = ["MeshGroups", "mesh_groups", "GradReducer", "dp_slice"]
+__all__ = ["MeshGroups", "mesh_groups", "GradReducer", "EmulatedReducer", "dp_slice",
+           "grad_bytes", "emulated_network"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,3 +131,32 @@ class GradReducer:
                 at += n
         self._inflight.clear()
         self._done.clear()
+
+
+class EmulatedReducer:
+    """Reductions that take what the cost model says (``--emulate-ms`` with ``--dp``): one
+    communication stream per rank, so a reduction starts when it is reached and the previous
+    one is done, and :meth:`finish` sleeps until the last one would end."""
+
+    def __init__(self, seconds: Mapping[int, float]) -> None:
+        self.seconds = dict(seconds)  # stage -> seconds of its all-reduce
+        self._free = 0.0
+
+    def run(self, op: Collective) -> None:
+        now = time.perf_counter()
+        self._free = max(now, self._free) + self.seconds.get(op.stage, 0.0)
+
+    def finish(self) -> None:
+        emulated_sleep(max(0.0, self._free - time.perf_counter()))
+        self._free = 0.0
+
+
+def grad_bytes(module: nn.Module) -> int:
+    """Bytes of a stage's gradients (its trainable parameters)."""
+    return sum(p.numel() * p.element_size() for p in module.parameters() if p.requires_grad)
+
+
+def emulated_network(bandwidth: float) -> Network:
+    """The network of an emulated run: every link ``bandwidth`` bytes/s, no latency."""
+    link = Link(bandwidth)
+    return Network(gpus_per_node=1, intra=link, inter=link)

@@ -26,17 +26,26 @@ import torch.distributed as dist
 from torch import nn
 
 from pipeblocks.errors import PipeblocksError, SpecError
+from pipeblocks.ir.hybrid import Mesh
 from pipeblocks.ir.schedule import Schedule
 from pipeblocks.runtime import checkpoint
 from pipeblocks.runtime.emulate import EmulatedStage
 from pipeblocks.runtime.executor import Executor
-from pipeblocks.ir.hybrid import Mesh
 from pipeblocks.runtime.faults import Guard, RankFailure, write_error
-from pipeblocks.runtime.hybrid import GradReducer, MeshGroups, dp_slice, mesh_groups
+from pipeblocks.runtime.hybrid import (
+    EmulatedReducer,
+    GradReducer,
+    MeshGroups,
+    dp_slice,
+    emulated_network,
+    grad_bytes,
+    mesh_groups,
+)
 from pipeblocks.runtime.p2p import one_way_ms
 from pipeblocks.runtime.split import layers_of, split
 from pipeblocks.runtime.ties import unique_parameters
 from pipeblocks.runtime.tree import call, flatten, unflatten, wanted_side
+from pipeblocks.sim.hybrid import reduce_time
 
 __all__ = ["ModelSource", "TrainOptions", "TrainPlan", "run_rank", "train"]
 
@@ -91,6 +100,7 @@ class TrainOptions:
     save: str | None = None
     save_every: int | None = None
     dp: int = 1  # data-parallel replicas of the pipeline (DDP-style), docs/hybrid.md
+    emulate_bandwidth: float = 1e8  # bytes/s of an emulated reduction's links (--dp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +232,11 @@ def _executor(plan: TrainPlan, mine: dict[int, nn.Module], device: torch.device,
     if groups is not None:
         mesh = {"group": groups.pipeline, "rank": groups.coords[1],
                 "reducer": GradReducer(mine, groups.dp, groups.mesh.dp)}
+        if opts.emulate_ms is not None:
+            net, dp = emulated_network(opts.emulate_bandwidth), groups.mesh.dp
+            mesh["reducer"] = EmulatedReducer({s: reduce_time(
+                grad_bytes(m), dp=dp, network=net, stride=spec.num_ranks)
+                for s, m in mine.items()})
     if opts.emulate_ms is not None:
         shape = plan.model.activation_shape(opts.microbatch_size)
         runners: dict[int, Any] = {
@@ -347,14 +362,23 @@ def check_against_reference(plan: TrainPlan, grads: dict[str, torch.Tensor],
 def _emulation(plan: TrainPlan, median_ms: float, comm: float) -> dict[str, Any]:
     """The simulated makespan of the emulated run, with the measured one-way transfer time."""
     from pipeblocks.sim import UniformCosts, simulate
+    from pipeblocks.sim.hybrid import simulate_data_parallel
 
     x, v = plan.options.emulate_ms, plan.schedule.spec.stages_per_rank
     assert x is not None
     # UniformCosts times are per rank and divided by v per stage: pass x * v so that every
     # stage pass takes x ms, as the emulated stages sleep
-    sim = simulate(plan.schedule, UniformCosts(f=x * v, b=x * v, w=x * v, comm=comm))
-    return {"emulate_ms": x, "comm_ms": comm, "simulated_ms": sim.makespan,
-            "measured_over_simulated": median_ms / sim.makespan}
+    costs = UniformCosts(f=x * v, b=x * v, w=x * v, comm=comm)
+    makespan = simulate(plan.schedule, costs).makespan
+    if plan.options.dp > 1:  # with each stage's all-reduce (what the EmulatedReducer sleeps)
+        spec = plan.schedule.spec
+        parts = split(plan.model.build(), spec.num_stages, plan.layout)
+        makespan = simulate_data_parallel(
+            plan.schedule, costs, grad_bytes=[grad_bytes(m) for m in parts],
+            dp=plan.options.dp, network=emulated_network(plan.options.emulate_bandwidth),
+            seconds_per_unit=1e-3).makespan
+    return {"emulate_ms": x, "comm_ms": comm, "simulated_ms": makespan,
+            "measured_over_simulated": median_ms / makespan}
 
 
 def _named(model: Any) -> Any:
