@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,35 @@ def test_dp_that_does_not_divide_the_ranks_is_refused() -> None:
                           "--ranks", "6", "--dp", "4", "--microbatches", "4"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "divisible by dp * tp" in res.stderr
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_torchrun_two_nodes_on_localhost_runs_dp2_pp2() -> None:
+    """Two torchrun agents (--nnodes 2 --nproc-per-node 2, c10d rendezvous on localhost)."""
+    from pipeblocks.runtime.launch import free_port
+
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    port = free_port()
+    cmd = [torchrun, "--nnodes", "2", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+           "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"hybrid{port}",
+           "-m", "pipeblocks.train", "--dp", "2", "--schedule", "1f1b", "--microbatches", "4",
+           "--steps", "2", "--check-grads", "--json", "--timeout", "120"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    nodes = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = []
+    try:
+        for node in nodes:
+            outs.append(node.communicate(timeout=400))
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+                node.wait()
+    assert [n.returncode for n in nodes] == [0, 0], [err[-1500:] for _, err in outs]
+    reports = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs if out.strip()]
+    assert len(reports) == 1  # rank 0's, on whichever agent got node rank 0
+    r = reports[0]
+    assert r["dp"] == 2 and r["pp"] == 2 and r["ranks"] == 4
+    assert r["grad_max_abs_diff"] <= 1e-5 and r["loss_abs_diff"] <= 1e-5
