@@ -61,6 +61,11 @@ def add_train_args(p: argparse.ArgumentParser, *, ranks_required: bool) -> None:
     p.add_argument("--dp", type=positive_int, default=1, metavar="D",
                    help="data-parallel replicas of the pipeline (DDP-style gradient "
                    "all-reduce); pipeline ranks = ranks / D (default 1, docs/hybrid.md)")
+    p.add_argument("--dp-mode", choices=("ddp", "fsdp"), default="ddp",
+                   help="ddp: each stage's gradients all-reduced; fsdp: each stage sharded "
+                   "with FSDP2 over its dp group (default ddp)")
+    p.add_argument("--no-reshard-after-forward", action="store_true",
+                   help="fsdp: keep a stage's gathered parameters from F to its backward")
     p.add_argument("--emulate-bandwidth", type=_positive_float, default=1e8, metavar="BYTES/S",
                    help="with --emulate-ms and --dp: each stage's gradient all-reduce sleeps "
                    "what a ring over links of this bandwidth takes (default 1e8)")
@@ -146,7 +151,8 @@ _FLAGS = [
     ("emulate_ms", "--emulate-ms"), ("check_grads", "--check-grads"), ("memory", "--memory"),
     ("timeout", "--timeout"), ("threads", "--threads"), ("json", "--json"),
     ("save", "--save"), ("save_every", "--save-every"), ("resume", "--resume"),
-    ("dp", "--dp"), ("emulate_bandwidth", "--emulate-bandwidth"),
+    ("dp", "--dp"), ("emulate_bandwidth", "--emulate-bandwidth"), ("dp_mode", "--dp-mode"),
+    ("no_reshard_after_forward", "--no-reshard-after-forward"),
 ]
 
 
@@ -193,7 +199,8 @@ def build_plan(args: argparse.Namespace, world: int | None = None) -> TrainPlan:
         steps=args.steps, microbatch_size=args.microbatch_size, lr=args.lr, seed=args.seed,
         emulate_ms=args.emulate_ms, check_grads=args.check_grads, memory=args.memory,
         timeout=args.timeout, threads=args.threads, save=args.save, save_every=args.save_every,
-        dp=args.dp, emulate_bandwidth=args.emulate_bandwidth)
+        dp=args.dp, emulate_bandwidth=args.emulate_bandwidth, dp_mode=args.dp_mode,
+        reshard_after_forward=not args.no_reshard_after_forward)
     return TrainPlan(schedule, source, layout, options,
                      name=schedule.name or str(args.schedule_file), resume=resume)
 

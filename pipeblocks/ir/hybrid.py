@@ -129,25 +129,48 @@ def last_grad_pass(actions: tuple[Action, ...]) -> dict[int, int]:
     return last
 
 
-def with_data_parallel(lowered: LoweredSchedule) -> LoweredSchedule:
+def with_data_parallel(lowered: LoweredSchedule, mode: DPMode = DPMode.DDP) -> LoweredSchedule:
     """``lowered`` with a ``REDUCE_GRAD`` of every stage right after its last W or BW of the
-    step and that pass's sends (a stage with no weight-gradient pass is reduced at the end)."""
+    step and that pass's sends (a stage with no weight-gradient pass is reduced at the end).
+
+    ``DPMode.FSDP`` adds ``UNSHARD`` one stage ahead (the rank's first stage at the start, each
+    next one before the first pass of the stage before it, in order of first use) and
+    ``RESHARD`` right after each ``REDUCE_GRAD``.
+    """
+    fsdp = mode is DPMode.FSDP
     programs: list[tuple[Op | Collective, ...]] = []
     for prog in lowered.programs:
         actions = tuple(op for op in prog if isinstance(op, Action))
         last = last_grad_pass(actions)
         pending = {actions[pos] for pos in last.values()}
+        order = list(dict.fromkeys(a.stage for a in actions))  # stages by first use
+        ahead = dict(zip(order, order[1:], strict=False))  # stage -> the one to prefetch
         out: list[Op | Collective] = []
+        if fsdp and order:
+            out.append(Collective(CollectiveKind.UNSHARD, order[0]))
         owed: list[int] = []
+        started: set[int] = set()
         for op in prog:
             if owed and not isinstance(op, Comm):  # after the pass's trailing sends
-                out += [Collective(CollectiveKind.REDUCE_GRAD, s) for s in owed]
+                out += _reduce(owed, fsdp)
                 owed = []
+            if fsdp and isinstance(op, Action) and op.stage not in started:
+                started.add(op.stage)
+                if op.stage in ahead:
+                    out.append(Collective(CollectiveKind.UNSHARD, ahead[op.stage]))
             out.append(op)
             if isinstance(op, Action) and op in pending:
                 owed.append(op.stage)
-        seen = {a.stage for a in actions}
-        owed += sorted(seen - set(last))
-        out += [Collective(CollectiveKind.REDUCE_GRAD, s) for s in owed]
+        owed += sorted(set(order) - set(last))
+        out += _reduce(owed, fsdp)
         programs.append(tuple(out))
     return LoweredSchedule(lowered.schedule, tuple(programs))  # type: ignore[arg-type]
+
+
+def _reduce(stages: list[int], fsdp: bool) -> list[Collective]:
+    out = []
+    for s in stages:
+        out.append(Collective(CollectiveKind.REDUCE_GRAD, s))
+        if fsdp:
+            out.append(Collective(CollectiveKind.RESHARD, s))
+    return out

@@ -40,7 +40,7 @@ from torch import nn
 
 from pipeblocks.errors import SpecError
 from pipeblocks.ir.actions import Action, Pass
-from pipeblocks.ir.hybrid import Collective, with_data_parallel
+from pipeblocks.ir.hybrid import Collective, DPMode, with_data_parallel
 from pipeblocks.ir.lowering import Comm, CommOp, LoweredSchedule, Payload, Transfer, lower, op_text
 from pipeblocks.ir.schedule import Schedule
 from pipeblocks.ir.validate import validate
@@ -134,7 +134,7 @@ class Executor:
         validate(schedule)
         self.reducer = reducer  # data parallel (runtime/hybrid.py): its ops join the program
         self.lowered: LoweredSchedule = lower(schedule) if reducer is None else (
-            with_data_parallel(lower(schedule)))
+            with_data_parallel(lower(schedule), DPMode(getattr(reducer, "mode", "ddp"))))
         self.program = self.lowered.programs[rank]
         uses_b = {a.stage for a in schedule.programs[rank] if a.kind is Pass.B}
         modules = {s: m for s, m in stages.items() if isinstance(m, nn.Module)}

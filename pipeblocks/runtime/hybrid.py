@@ -66,13 +66,13 @@ def mesh_groups(mesh: Mesh) -> MeshGroups:
             seen.add(ranks)
             if len(ranks) == world:
                 group = dist.group.WORLD
-            elif len(ranks) == 1:
+            elif len(ranks) == 1 and name != "pipeline":  # the executor needs its group
                 group = None
             else:
                 group = dist.new_group(list(ranks))
             if rank in ranks:
                 mine[name] = group
-    return MeshGroups(mesh, rank, mine["pipeline"] or dist.group.WORLD, mine["dp"], mine["tp"])
+    return MeshGroups(mesh, rank, mine["pipeline"], mine["dp"], mine["tp"])
 
 
 def dp_slice(batch: torch.Tensor | Any, d: int, dp: int) -> Any:

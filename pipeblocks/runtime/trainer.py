@@ -13,6 +13,7 @@ Step time is the pipeline's makespan: from the earliest rank's start to the late
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import statistics
@@ -32,6 +33,7 @@ from pipeblocks.runtime import checkpoint
 from pipeblocks.runtime.emulate import EmulatedStage
 from pipeblocks.runtime.executor import Executor
 from pipeblocks.runtime.faults import Guard, RankFailure, write_error
+from pipeblocks.runtime.fsdp import FSDPReducer, dp_mesh
 from pipeblocks.runtime.hybrid import (
     EmulatedReducer,
     GradReducer,
@@ -101,6 +103,8 @@ class TrainOptions:
     save_every: int | None = None
     dp: int = 1  # data-parallel replicas of the pipeline (DDP-style), docs/hybrid.md
     emulate_bandwidth: float = 1e8  # bytes/s of an emulated reduction's links (--dp)
+    dp_mode: str = "ddp"  # or "fsdp": FSDP2 fully_shard per stage (runtime/fsdp.py)
+    reshard_after_forward: bool = True  # FSDP2's option
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +215,7 @@ def train(plan: TrainPlan, *, device: torch.device, guard: Guard | None = None,
         steps.append(row)
         peak = max(peak, res.peak_activation_bytes)
         if step == 0 and opts.check_grads:
-            grads = {names[id(p)]: p.grad.detach().cpu().clone()
+            grads = {names[id(p)]: _full(p.grad).detach().cpu().clone()
                      for mod in mine.values() for p in mod.parameters() if p.grad is not None}
         if rank == 0 and on_step is not None:
             on_step(row)
@@ -232,6 +236,11 @@ def _executor(plan: TrainPlan, mine: dict[int, nn.Module], device: torch.device,
     if groups is not None:
         mesh = {"group": groups.pipeline, "rank": groups.coords[1],
                 "reducer": GradReducer(mine, groups.dp, groups.mesh.dp)}
+        if opts.dp_mode == "fsdp" and opts.emulate_ms is None:
+            for mod in mine.values():
+                mod.to(device)
+            mesh["reducer"] = FSDPReducer(mine, dp_mesh(groups.mesh, device.type),
+                                          opts.reshard_after_forward)
         if opts.emulate_ms is not None:
             net, dp = emulated_network(opts.emulate_bandwidth), groups.mesh.dp
             mesh["reducer"] = EmulatedReducer({s: reduce_time(
@@ -247,10 +256,12 @@ def _executor(plan: TrainPlan, mine: dict[int, nn.Module], device: torch.device,
     for mod in mine.values():
         mod.to(device)
     params = unique_parameters(mine.values())  # a weight tied on this rank is stepped once
-    opt = torch.optim.Adam(params, lr=opts.lr) if params else None
-    ex = Executor(plan.schedule, mine, plan.model.loss, opt, guard=guard, device=device,
-                  measure_memory=opts.memory,
-                  count_tokens=getattr(plan.model, "count_tokens", None), **mesh)
+    opt = torch.optim.Adam(params, lr=opts.lr) if params else None  # FSDP: the shards
+    reducer = mesh.get("reducer")
+    with reducer.gathered() if isinstance(reducer, FSDPReducer) else contextlib.nullcontext():
+        ex = Executor(plan.schedule, mine, plan.model.loss, opt, guard=guard, device=device,
+                      measure_memory=opts.memory,
+                      count_tokens=getattr(plan.model, "count_tokens", None), **mesh)
     return ex, opt
 
 
@@ -384,6 +395,12 @@ def _emulation(plan: TrainPlan, median_ms: float, comm: float) -> dict[str, Any]
 def _named(model: Any) -> Any:
     """Parameter names of the whole model (a list of layers named by position)."""
     return (model if isinstance(model, nn.Module) else nn.ModuleList(model)).named_parameters()
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A gradient whole: an FSDP2 shard (a DTensor) gathered over its group (collective)."""
+    full = getattr(t, "full_tensor", None)
+    return full() if full is not None else t
 
 
 def _where(guard: Guard | None, what: str) -> None:
