@@ -50,12 +50,14 @@ def _run(argv: list[str]) -> dict:
 
 @pytest.mark.distributed
 @pytest.mark.slow
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 @pytest.mark.parametrize("name,ranks", [("1f1b", 4), ("zb-v", 4), ("v-half", 4),
                                         ("v-half", 8)])
-def test_ddp_pipeline_matches_the_unpartitioned_model(name: str, ranks: int) -> None:
-    """dp 2: step-1 gradients and 3 steps of losses (Adam stepped) equal the whole model's."""
+def test_dp_pipeline_matches_the_unpartitioned_model(name: str, ranks: int, mode: str) -> None:
+    """dp 2 (DDP-style or FSDP2): step-1 gradients and 3 steps of losses (Adam stepped) equal
+    the whole model's on the global batch."""
     argv = _args("--schedule", name, "--ranks", str(ranks), "--dp", "2", "--microbatches",
-                 str(ranks), "--microbatch-size", "2")
+                 str(ranks), "--microbatch-size", "2", "--dp-mode", mode)
     r = _run(argv)
     assert r["dp"] == 2 and r["pp"] == ranks // 2
     assert r["grad_max_abs_diff"] <= 1e-5 and r["loss_abs_diff"] <= 1e-5
