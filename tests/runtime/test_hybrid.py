@@ -65,6 +65,31 @@ def test_dp_pipeline_matches_the_unpartitioned_model(name: str, ranks: int, mode
     assert r["loss"] == pytest.approx(want, abs=1e-5)
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_fsdp_without_reshard_after_forward_matches_too() -> None:
+    """--no-reshard-after-forward (parameters kept gathered from F to backward): still exact."""
+    argv = _args("--schedule", "zb-v", "--ranks", "4", "--dp", "2", "--microbatches", "4",
+                 "--microbatch-size", "2", "--dp-mode", "fsdp", "--no-reshard-after-forward")
+    r = _run(argv)
+    assert r["grad_max_abs_diff"] <= 1e-5
+    assert r["loss"] == pytest.approx(_reference_losses(argv), abs=1e-5)
+
+
+@pytest.mark.distributed
+def test_emulated_dp_run_simulates_the_reductions() -> None:
+    """--emulate-ms with --dp: the report's simulated step includes each stage's all-reduce."""
+    from pipeblocks.generators import generate
+    from pipeblocks.sim import UniformCosts, simulate
+
+    r = _run(["--schedule", "1f1b", "--ranks", "4", "--dp", "2", "--microbatches", "4",
+              "--steps", "2", "--emulate-ms", "5", "--emulate-bandwidth", "1e7", "--json"])
+    plain = simulate(generate("1f1b", num_ranks=2, num_microbatches=4),
+                     UniformCosts(f=5, b=5, w=5, comm=r["comm_ms"])).makespan
+    assert r["dp"] == 2 and r["simulated_ms"] > plain + 5
+    assert r["measured_over_simulated"] > 0.9
+
+
 def test_dp_that_does_not_divide_the_ranks_is_refused() -> None:
     """--ranks 6 --dp 4 names the rule before any process starts."""
     res = subprocess.run([sys.executable, "-m", "pipeblocks", "train", "--schedule", "1f1b",
