@@ -209,9 +209,6 @@ def _pipeline_ranks(args: argparse.Namespace, num_ranks: int) -> int:
     """Pipeline ranks of the mesh (``--ranks`` / ``--dp``), refused where it does not fit."""
     from pipeblocks.ir.hybrid import Mesh
 
-    if args.dp > 1 and (args.save or args.resume):
-        raise SpecError(f"--save/--resume with --dp {args.dp}: checkpoints under a mesh are "
-                        f"not supported yet; drop --dp or the checkpoint options")
     return Mesh.of(num_ranks, args.dp).pp
 
 

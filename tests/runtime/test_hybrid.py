@@ -90,6 +90,23 @@ def test_emulated_dp_run_simulates_the_reductions() -> None:
     assert r["measured_over_simulated"] > 0.9
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_checkpoint_resumes_exactly_on_the_same_mesh_and_on_dp1(mode: str, tmp_path) -> None:
+    """Saved at step 2 of 4 under dp 2: resuming on dp 2, and on dp 1 with the same global
+    batch, gives the uninterrupted run's losses for steps 3 and 4."""
+    base = ["--schedule", "1f1b", "--microbatches", "4", "--json", "--timeout", "120"]
+    dp2 = [*base, "--ranks", "4", "--dp", "2", "--dp-mode", mode, "--microbatch-size", "2"]
+    whole = _run([*dp2, "--steps", "4"])["loss"]
+    _run([*dp2, "--steps", "2", "--save", str(tmp_path)])
+    again = _run([*dp2, "--steps", "4", "--resume", str(tmp_path)])["loss"]
+    assert again == pytest.approx(whole[2:], abs=1e-6)
+    dp1 = [*base, "--ranks", "2", "--microbatch-size", "4", "--steps", "4",
+           "--resume", str(tmp_path)]
+    assert _run(dp1)["loss"] == pytest.approx(whole[2:], abs=1e-5)
+
+
 def test_dp_that_does_not_divide_the_ranks_is_refused() -> None:
     """--ranks 6 --dp 4 names the rule before any process starts."""
     res = subprocess.run([sys.executable, "-m", "pipeblocks", "train", "--schedule", "1f1b",
