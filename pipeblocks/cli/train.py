@@ -58,8 +58,19 @@ def add_train_args(p: argparse.ArgumentParser, *, ranks_required: bool) -> None:
     src.add_argument("--schedule-file", metavar="FILE",
                      help="a schedule file: PyTorch CSV or pipeblocks JSON (`pipeblocks export`)")
     p.add_argument("-p", "--ranks", type=positive_int, required=ranks_required,
-                   help="number of pipeline ranks (processes)" +
+                   help="number of ranks (processes): dp x pipeline ranks" +
                    ("" if ranks_required else "; default: WORLD_SIZE"))
+    p.add_argument("--dp", type=positive_int, default=1, metavar="D",
+                   help="data-parallel replicas of the pipeline (DDP-style gradient "
+                   "all-reduce); pipeline ranks = ranks / D (default 1, docs/hybrid.md)")
+    p.add_argument("--dp-mode", choices=("ddp", "fsdp"), default="ddp",
+                   help="ddp: each stage's gradients all-reduced; fsdp: each stage sharded "
+                   "with FSDP2 over its dp group (default ddp)")
+    p.add_argument("--no-reshard-after-forward", action="store_true",
+                   help="fsdp: keep a stage's gathered parameters from F to its backward")
+    p.add_argument("--emulate-bandwidth", type=_positive_float, default=1e8, metavar="BYTES/S",
+                   help="with --emulate-ms and --dp: each stage's gradient all-reduce sleeps "
+                   "what a ring over links of this bandwidth takes (default 1e8)")
     p.add_argument("-m", "--microbatches", type=positive_int, default=None,
                    help="microbatches per step (required with --schedule)")
     p.add_argument("--stages-per-rank", type=positive_int, default=None, metavar="V",
@@ -154,6 +165,8 @@ _FLAGS = [
     ("save", "--save"), ("save_every", "--save-every"), ("resume", "--resume"),
     ("allow_changes", "--allow-changes"), ("overwrite", "--overwrite"),
     ("recompute", "--recompute"),
+    ("dp", "--dp"), ("emulate_bandwidth", "--emulate-bandwidth"), ("dp_mode", "--dp-mode"),
+    ("no_reshard_after_forward", "--no-reshard-after-forward"),
 ]
 
 
@@ -186,7 +199,7 @@ def build_plan(args: argparse.Namespace, world: int | None = None) -> TrainPlan:
                         f"start {num_ranks} (torchrun --nproc-per-node {num_ranks})")
     if args.emulate_ms is not None and args.check_grads:
         raise SpecError("--check-grads needs real passes; drop --emulate-ms")
-    schedule = load_schedule(args, num_ranks)
+    schedule = load_schedule(args, _pipeline_ranks(args, num_ranks))
     S = schedule.spec.num_stages
     if args.model in MODELS:
         cfg = model_config(args, S)
@@ -198,10 +211,19 @@ def build_plan(args: argparse.Namespace, world: int | None = None) -> TrainPlan:
     options = TrainOptions(
         steps=args.steps, microbatch_size=args.microbatch_size, lr=args.lr, seed=args.seed,
         emulate_ms=args.emulate_ms, check_grads=args.check_grads, memory=args.memory,
-        timeout=args.timeout, threads=args.threads, save=args.save, save_every=args.save_every)
+        timeout=args.timeout, threads=args.threads, save=args.save, save_every=args.save_every,
+        dp=args.dp, emulate_bandwidth=args.emulate_bandwidth, dp_mode=args.dp_mode,
+        reshard_after_forward=not args.no_reshard_after_forward)
     plan = TrainPlan(schedule, source, layout, options,
                      name=schedule.name or str(args.schedule_file))
     return dataclasses.replace(plan, resume=_check_checkpoint_args(args, plan))
+
+
+def _pipeline_ranks(args: argparse.Namespace, num_ranks: int) -> int:
+    """Pipeline ranks of the mesh (``--ranks`` / ``--dp``), refused where it does not fit."""
+    from pipeblocks.ir.hybrid import Mesh
+
+    return Mesh.of(num_ranks, args.dp).pp
 
 
 def load_schedule(args: argparse.Namespace, num_ranks: int) -> Schedule:
@@ -364,7 +386,7 @@ def rank_main(argv: list[str] | None = None) -> int:
 
 
 def _step_line(plan: TrainPlan) -> Any:
-    tokens = plan.batch_size * plan.model.tokens_per_sample
+    tokens = plan.global_batch_size * plan.model.tokens_per_sample
     total = plan.options.steps
 
     def line(row: dict[str, Any]) -> None:

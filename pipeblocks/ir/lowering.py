@@ -143,7 +143,7 @@ class LoweredSchedule:
                     if op.op is CommOp.RECV:
                         held += 1
                         peak = max(peak, held)
-                else:
+                elif isinstance(op, Action):  # not a data-parallel op (ir/hybrid.py)
                     held -= len(_incoming(ranks, op))
             out.append(peak)
         return tuple(out)

@@ -370,11 +370,12 @@ def load(info: CheckpointInfo, stages: Mapping[int, nn.Module],
         for group in optimizer.param_groups:
             for p in group["params"]:
                 index[id(p)] = len(index)  # the numbering optimizer.state_dict() uses
-        wanted = {f"stage{s}.optim.{n}." for s, n in names.values()}
+        wanted = {f"stage{names[id(p)][0]}.optim.{names[id(p)][1]}.": p
+                  for group in optimizer.param_groups for p in group["params"]}
         for key, meta in saved.items():
             head = key[:key.rfind(".") + 1]
             if head in wanted and isinstance(meta, TensorStorageMetadata):
-                optim[key] = torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
+                optim[key] = _template(meta, wanted[head])
     with _collective(f"loading the checkpoint {info.path}", guard,
                      "; the checkpoint is damaged: resume from an earlier one or start afresh"):
         dcp.load({**model, **optim}, storage_reader=reader, no_dist=not dist.is_initialized())
@@ -394,6 +395,15 @@ def load(info: CheckpointInfo, stages: Mapping[int, nn.Module],
         packed = optimizer.state_dict()
         optimizer.load_state_dict({"state": state, "param_groups": packed["param_groups"]})
     return info.step
+
+
+def _template(meta: TensorStorageMetadata, param: torch.Tensor) -> torch.Tensor:
+    """Where DCP loads one optimizer state tensor: sharded like its parameter when that is a
+    DTensor of the same shape (FSDP2: DCP reshards it), else a plain tensor."""
+    size = tuple(meta.size)
+    if hasattr(param, "device_mesh") and size == tuple(param.shape):
+        return torch.empty_like(param, dtype=meta.properties.dtype)
+    return torch.empty(size, dtype=meta.properties.dtype)
 
 
 def read_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:

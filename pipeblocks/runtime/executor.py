@@ -43,6 +43,7 @@ from torch import nn
 
 from pipeblocks.errors import SpecError
 from pipeblocks.ir.actions import Action, Pass
+from pipeblocks.ir.hybrid import Collective, DPMode, with_data_parallel
 from pipeblocks.ir.lowering import Comm, CommOp, LoweredSchedule, Payload, Transfer, lower, op_text
 from pipeblocks.ir.schedule import Schedule
 from pipeblocks.ir.validate import validate
@@ -102,6 +103,7 @@ class Executor:
         check_ties: bool = True,
         autocast: torch.dtype | None = None,
         checkpoint: Callable[[nn.Module], bool] | None = None,
+        reducer: Any = None,
     ) -> None:
         import torch.distributed as dist
 
@@ -119,7 +121,9 @@ class Executor:
         if spec.num_ranks > 1 and not dist.is_initialized():
             raise SpecError("a schedule over several ranks needs torch.distributed initialised")
         validate(schedule)
-        self.lowered: LoweredSchedule = lower(schedule)
+        self.reducer = reducer  # data parallel (runtime/hybrid.py): its ops join the program
+        self.lowered: LoweredSchedule = lower(schedule) if reducer is None else (
+            with_data_parallel(lower(schedule), DPMode(getattr(reducer, "mode", "ddp"))))
         self.program = self.lowered.programs[rank]
         uses_b = {a.stage for a in schedule.programs[rank] if a.kind is Pass.B}
         modules = {s: m for s, m in stages.items() if isinstance(m, nn.Module)}
@@ -173,6 +177,8 @@ class Executor:
         if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)
         losses = self._run(st)
+        if self.reducer is not None:  # wait for the reduce_grad ops' all-reduces
+            self.reducer.finish()
         if self.ties is not None:
             self._where("the all-reduce of tied parameters' gradients")
             self.ties.reduce()
@@ -256,6 +262,8 @@ class Executor:
                     self._forward(st, op)
                 elif st.evaluate:
                     continue
+                elif isinstance(op, Collective):  # a Collective's kind is never a Pass
+                    self.reducer.run(op)
                 elif op.kind is Pass.W:
                     self._weight(st, op)
                 else:

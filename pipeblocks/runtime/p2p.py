@@ -102,6 +102,9 @@ class P2P:
     def __init__(self, group: dist.ProcessGroup | None = None) -> None:
         self.group = group
         self.batched = dist.get_backend(group) == "nccl"
+        # peers are ranks in ``group``; torch.distributed's dst/src are global ranks
+        self._global = (None if group is None or group is dist.group.WORLD else
+                        dist.get_process_group_ranks(group))
 
     def post(self, ops: Sequence[Post]) -> list[dist.Work]:
         """Post ``ops`` in order; one work handle per op (shared by a batch under NCCL)."""
@@ -109,7 +112,7 @@ class P2P:
             return []
         if self.batched:
             p2p = [
-                dist.P2POp(_POST[op.op], op.tensor, op.peer, self.group,
+                dist.P2POp(_POST[op.op], op.tensor, self._peer(op.peer), self.group,
                            op.tag)
                 for op in ops
             ]
@@ -118,10 +121,13 @@ class P2P:
         out = []
         for op in ops:
             fn = _POST[op.op]
-            work = fn(op.tensor, op.peer, group=self.group, tag=op.tag)
+            work = fn(op.tensor, self._peer(op.peer), group=self.group, tag=op.tag)
             assert work is not None
             out.append(work)
         return out
+
+    def _peer(self, peer: int) -> int:
+        return peer if self._global is None else self._global[peer]
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pipeblocks.errors import PipeblocksError, SpecError
+from pipeblocks.ir.hybrid import Mesh
 from pipeblocks.ir.schedule import Schedule
 from pipeblocks.runtime import checkpoint
 from pipeblocks.runtime.emulate import EmulatedStage
@@ -41,10 +42,21 @@ from pipeblocks.runtime.finite import (
     none,
     watch_outputs,
 )
+from pipeblocks.runtime.fsdp import FSDPReducer, dp_mesh
+from pipeblocks.runtime.hybrid import (
+    EmulatedReducer,
+    GradReducer,
+    MeshGroups,
+    dp_slice,
+    emulated_network,
+    grad_bytes,
+    mesh_groups,
+)
 from pipeblocks.runtime.p2p import one_way_ms
 from pipeblocks.runtime.split import layers_of, split
 from pipeblocks.runtime.ties import unique_parameters
 from pipeblocks.runtime.tree import call, flatten, unflatten, wanted_side
+from pipeblocks.sim.hybrid import reduce_time
 
 # The options a resume must match unless the user allows changes, and their flags.
 DATA_OPTIONS = {"seed": "--seed", "batch": "the batch (--microbatches x --microbatch-size)",
@@ -102,6 +114,10 @@ class TrainOptions:
     threads: int = 1
     save: str | None = None
     save_every: int | None = None
+    dp: int = 1  # data-parallel replicas of the pipeline (DDP-style), docs/hybrid.md
+    emulate_bandwidth: float = 1e8  # bytes/s of an emulated reduction's links (--dp)
+    dp_mode: str = "ddp"  # or "fsdp": FSDP2 fully_shard per stage (runtime/fsdp.py)
+    reshard_after_forward: bool = True  # FSDP2's option
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +139,13 @@ class TrainPlan:
 
     @property
     def batch_size(self) -> int:
+        """Samples per step and pipeline (one data-parallel replica)."""
         return self.schedule.spec.num_microbatches * self.options.microbatch_size
+
+    @property
+    def global_batch_size(self) -> int:
+        """Samples per step over every data-parallel replica."""
+        return self.batch_size * self.options.dp
 
 
 OnStep = Callable[[dict[str, Any]], None]
@@ -150,7 +172,11 @@ def run_rank(plan: TrainPlan, on_step: OnStep | None = None) -> dict[str, Any]:
                                 timeout=timedelta(seconds=plan.options.timeout + 30))
     guard = Guard(rank, timeout=plan.options.timeout) if dist.is_initialized() else None
     try:
-        report = train(plan, device=device, guard=guard, on_step=on_step, model=model)
+        groups = None
+        if plan.options.dp > 1:
+            groups = mesh_groups(Mesh.of(world, plan.options.dp))
+        report = train(plan, device=device, guard=guard, on_step=on_step, model=model,
+                       groups=groups)
     except NonFiniteError as e:  # every rank saw it in the same all-reduce: a clean stop
         _stop_non_finite(e, rank, guard)
         raise
@@ -227,16 +253,20 @@ def build_model(plan: TrainPlan, rank: int) -> Any:
 
 
 def train(plan: TrainPlan, *, device: torch.device, guard: Guard | None = None,
-          on_step: OnStep | None = None, model: Any = None) -> dict[str, Any]:
+          on_step: OnStep | None = None, model: Any = None,
+          groups: MeshGroups | None = None) -> dict[str, Any]:
     """Run the plan's steps on this rank (the process group, if any, is initialised);
-    ``model``: the plan's model already built (:func:`build_model`), else built here."""
+    ``model``: the plan's model already built (:func:`build_model`), else built here;
+    ``groups``: this rank's mesh groups when the pipeline is replicated."""
     opts, spec = plan.options, plan.schedule.spec
     rank = dist.get_rank() if dist.is_initialized() else 0
+    if groups is not None:
+        rank = groups.coords[1]  # the pipeline rank
     if model is None:
         model = build_model(plan, rank)
     parts = split(model, spec.num_stages, plan.layout)
     mine: dict[int, nn.Module] = {s: parts[s] for s in spec.stages_of(rank)}
-    ex, opt = _executor(plan, mine, device, guard)
+    ex, opt = _executor(plan, mine, device, guard, groups)
     first = 0
     run = uuid.uuid4().hex[:12]  # a fresh run's name; a resumed run keeps its checkpoint's
     if plan.resume is not None:
@@ -251,11 +281,11 @@ def train(plan: TrainPlan, *, device: torch.device, guard: Guard | None = None,
     grads: dict[str, torch.Tensor] = {}
     peak = 0
     for step in range(first, opts.steps):
-        row, res = _step(plan, ex, step, device, guard, (mine, flags), steps)
+        row, res = _step(plan, ex, step, device, guard, (mine, flags), steps, groups)
         steps.append(row)
         peak = max(peak, res.peak_activation_bytes)
         if step == 0 and opts.check_grads:
-            grads = {names[id(p)]: p.grad.detach().cpu().clone()
+            grads = {names[id(p)]: _full(p.grad).detach().cpu().clone()
                      for mod in mine.values() for p in mod.parameters() if p.grad is not None}
         if rank == 0 and on_step is not None:
             on_step(row)
@@ -269,28 +299,50 @@ def train(plan: TrainPlan, *, device: torch.device, guard: Guard | None = None,
 
 
 def _executor(plan: TrainPlan, mine: dict[int, nn.Module], device: torch.device,
-              guard: Guard | None) -> tuple[Executor, torch.optim.Optimizer | None]:
+              guard: Guard | None, groups: MeshGroups | None = None
+              ) -> tuple[Executor, torch.optim.Optimizer | None]:
     opts, spec = plan.options, plan.schedule.spec
+    mesh: dict[str, Any] = {}
+    if groups is not None:
+        mesh = {"group": groups.pipeline, "rank": groups.coords[1],
+                "reducer": GradReducer(mine, groups.dp, groups.mesh.dp)}
+        if opts.dp_mode == "fsdp" and opts.emulate_ms is None:
+            for mod in mine.values():
+                mod.to(device)
+            mesh["reducer"] = FSDPReducer(mine, dp_mesh(groups.mesh, device.type),
+                                          opts.reshard_after_forward)
+        if opts.emulate_ms is not None:
+            net, dp = emulated_network(opts.emulate_bandwidth), groups.mesh.dp
+            mesh["reducer"] = EmulatedReducer({s: reduce_time(
+                grad_bytes(m), dp=dp, network=net, stride=spec.num_ranks)
+                for s, m in mine.items()})
     if opts.emulate_ms is not None:
         shape = plan.model.activation_shape(opts.microbatch_size)
         runners: dict[int, Any] = {
             s: EmulatedStage(s, spec.num_stages, opts.emulate_ms, shape, device=device)
             for s in mine}
-        return Executor(plan.schedule, runners, None, None, guard=guard, device=device), None
+        return Executor(plan.schedule, runners, None, None, guard=guard, device=device,
+                        **mesh), None
     for mod in mine.values():
         mod.to(device)
     params = unique_parameters(mine.values())  # a weight tied on this rank is stepped once
-    opt = torch.optim.Adam(params, lr=opts.lr) if params else None
-    ex = Executor(plan.schedule, mine, plan.model.loss, opt, guard=guard, device=device,
-                  measure_memory=opts.memory,
-                  count_tokens=getattr(plan.model, "count_tokens", None))
+    opt = torch.optim.Adam(params, lr=opts.lr) if params else None  # FSDP: the shards
+    reducer = mesh.get("reducer")
+    with reducer.gathered() if isinstance(reducer, FSDPReducer) else contextlib.nullcontext():
+        ex = Executor(plan.schedule, mine, plan.model.loss, opt, guard=guard, device=device,
+                      measure_memory=opts.memory,
+                      count_tokens=getattr(plan.model, "count_tokens", None), **mesh)
     return ex, opt
 
 
 def _step(plan: TrainPlan, ex: Executor, step: int, device: torch.device, guard: Guard | None,
           watch: tuple[dict[int, nn.Module], dict[int, torch.Tensor]],
-          steps: list[dict[str, Any]]) -> tuple[dict[str, Any], Any]:
+          steps: list[dict[str, Any]], groups: MeshGroups | None = None
+          ) -> tuple[dict[str, Any], Any]:
     inputs, targets, side = _batch(plan, step, device)
+    if groups is not None:  # this replica's slice of the global batch
+        d, dp = groups.coords[0], groups.mesh.dp
+        inputs, targets, side = (dp_slice(x, d, dp) for x in (inputs, targets, side))
     if dist.is_initialized():
         with _waiting(guard, f"the barrier before step {step + 1}"):
             dist.barrier()
@@ -311,7 +363,13 @@ def _step(plan: TrainPlan, ex: Executor, step: int, device: torch.device, guard:
     ms = (float(t[0]) + float(t[1])) * 1e3
     # emulated passes compute no loss
     ok = math.isfinite(float(t[2])) and plan.options.emulate_ms is None
-    return {"step": step + 1, "ms": ms, "loss": float(t[2]) if ok else None}, res
+    loss = float(t[2])
+    if groups is not None and ok:  # the global batch's mean: average the replicas' losses
+        lt = torch.tensor([res.loss if res.loss is not None else 0.0], dtype=torch.float64,
+                          device=device)
+        dist.all_reduce(lt)
+        loss = float(lt[0]) / groups.mesh.dp
+    return {"step": step + 1, "ms": ms, "loss": loss if ok else None}, res
 
 
 def _waiting(guard: Guard | None, what: str) -> contextlib.AbstractContextManager[None]:
@@ -338,7 +396,9 @@ def _report(plan: TrainPlan, steps: list[dict[str, Any]], first: int, peak: int,
     report: dict[str, Any] = {
         "status": "ok",
         "schedule": plan.name,
-        "ranks": spec.num_ranks,
+        "ranks": spec.num_ranks * opts.dp,
+        "dp": opts.dp,
+        "pp": spec.num_ranks,
         "microbatches": spec.num_microbatches,
         "stages_per_rank": spec.stages_per_rank,
         "placement": spec.placement.value,
@@ -347,7 +407,7 @@ def _report(plan: TrainPlan, steps: list[dict[str, Any]], first: int, peak: int,
         "backend": dist.get_backend() if dist.is_initialized() else "none",
         "step_ms": step_ms,
         "step_ms_median": median,
-        "tokens_per_s": plan.batch_size * plan.model.tokens_per_sample / (median / 1e3),
+        "tokens_per_s": plan.global_batch_size * plan.model.tokens_per_sample / (median / 1e3),
         "loss": [s["loss"] for s in steps],
     }
     if opts.memory:
@@ -362,7 +422,7 @@ def _report(plan: TrainPlan, steps: list[dict[str, Any]], first: int, peak: int,
 
 def _batch(plan: TrainPlan, step: int, device: torch.device) -> tuple[Any, Any, dict[str, Any]]:
     """Step ``step``'s inputs, targets and side inputs (``{}`` if none) on ``device``."""
-    got = plan.model.batch(plan.batch_size, step)
+    got = plan.model.batch(plan.global_batch_size, step)
     side = got[2] if len(got) > 2 else {}
     return (_to(got[0], device), _to(got[1], device),
             {k: _to(v, device) for k, v in side.items()})
@@ -403,19 +463,34 @@ def check_against_reference(plan: TrainPlan, grads: dict[str, torch.Tensor],
 def _emulation(plan: TrainPlan, median_ms: float, comm: float) -> dict[str, Any]:
     """The simulated makespan of the emulated run, with the measured one-way transfer time."""
     from pipeblocks.sim import UniformCosts, simulate
+    from pipeblocks.sim.hybrid import simulate_data_parallel
 
     x, v = plan.options.emulate_ms, plan.schedule.spec.stages_per_rank
     assert x is not None
     # UniformCosts times are per rank and divided by v per stage: pass x * v so that every
     # stage pass takes x ms, as the emulated stages sleep
-    sim = simulate(plan.schedule, UniformCosts(f=x * v, b=x * v, w=x * v, comm=comm))
-    return {"emulate_ms": x, "comm_ms": comm, "simulated_ms": sim.makespan,
-            "measured_over_simulated": median_ms / sim.makespan}
+    costs = UniformCosts(f=x * v, b=x * v, w=x * v, comm=comm)
+    makespan = simulate(plan.schedule, costs).makespan
+    if plan.options.dp > 1:  # with each stage's all-reduce (what the EmulatedReducer sleeps)
+        spec = plan.schedule.spec
+        parts = split(plan.model.build(), spec.num_stages, plan.layout)
+        makespan = simulate_data_parallel(
+            plan.schedule, costs, grad_bytes=[grad_bytes(m) for m in parts],
+            dp=plan.options.dp, network=emulated_network(plan.options.emulate_bandwidth),
+            seconds_per_unit=1e-3).makespan
+    return {"emulate_ms": x, "comm_ms": comm, "simulated_ms": makespan,
+            "measured_over_simulated": median_ms / makespan}
 
 
 def _named(model: Any) -> Any:
     """Parameter names of the whole model (a list of layers named by position)."""
     return (model if isinstance(model, nn.Module) else nn.ModuleList(model)).named_parameters()
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A gradient whole: an FSDP2 shard (a DTensor) gathered over its group (collective)."""
+    full = getattr(t, "full_tensor", None)
+    return full() if full is not None else t
 
 
 def _where(guard: Guard | None, what: str) -> None:
