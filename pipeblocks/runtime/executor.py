@@ -113,6 +113,7 @@ class Executor:
         count_tokens: Callable[[Any], Any] | None = None,
         ties: Sequence[Sequence[tuple[int, str]]] | None = None,
         check_ties: bool = True,
+        fill: Any = None,
     ) -> None:
         import torch.distributed as dist
 
@@ -159,7 +160,7 @@ class Executor:
             self.ties = TiedGrads.build(spec, rank, modules, ties, check_ties, group)
         self._meta: dict[int, Wire] = {}  # stage -> what enters it
         self._key: Any = None  # the shapes the handshake agreed for
-        self.steps = 0
+        self.steps, self.fill = 0, fill  # fill: a runtime.fill.FillRunner (docs/fill.md)
 
     # -- public ------------------------------------------------------------------------------
 
@@ -270,6 +271,8 @@ class Executor:
                         self._queue(st, op)
                     continue
                 self._flush(st)
+                if self.fill is not None:
+                    self.fill.gap(op, st)
                 self._where(str(op))
                 t0 = st.ready = time.perf_counter()
                 if op.kind is Pass.F:

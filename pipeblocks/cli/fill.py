@@ -1,0 +1,62 @@
+"""``--fill``: the bubble-filling options of ``pipeblocks simulate`` (see docs/fill.md).
+
+    $ pipeblocks simulate 1f1b -p 4 -m 8 --fill 0.25x100
+    $ pipeblocks simulate v-min -p 4 -m 8 --fill 0.5x40@0.1 --fill-picture fill.png --json
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pipeblocks.sim.engine import Simulation
+from pipeblocks.sim.fill import FillPlan, parse_fill, place_fill
+
+__all__ = ["add_fill_args", "fill_plan", "fill_json", "print_fill"]
+
+
+def add_fill_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fill", metavar="DURATION[xCOUNT][@MEMORY],...", default=None,
+                   help="place a queue of fill tasks (each rank its own copy, durations in the "
+                   "cost model's time unit, memory in its memory unit) in every rank's idle "
+                   "gaps without moving a pass; report the bubble time they use")
+    p.add_argument("--fill-edges", action="store_true",
+                   help="let fill use the lead and tail gaps too (default: between passes)")
+    p.add_argument("--fill-picture", metavar="OUT", default=None,
+                   help="draw the timeline with the fill tasks in the gaps (.png, .svg, .pdf)")
+
+
+def fill_plan(args: argparse.Namespace, sim: Simulation) -> FillPlan | None:
+    """The placement the options ask for (None without --fill); draws --fill-picture."""
+    if args.fill is None:
+        if args.fill_picture or args.fill_edges:
+            from pipeblocks.errors import SpecError
+
+            raise SpecError("--fill-picture and --fill-edges need --fill; e.g. --fill 0.25x100")
+        return None
+    plan = place_fill(sim, parse_fill(args.fill), capacity=args.capacity, edges=args.fill_edges)
+    if args.fill_picture:
+        from pipeblocks.visual.fill import draw_fill
+
+        draw_fill(sim, plan.spans, args.fill_picture)
+    return plan
+
+
+def fill_json(plan: FillPlan) -> dict[str, Any]:
+    return {
+        "fill_tasks_done": plan.tasks_done,
+        "fill_time": plan.fill_time,
+        "fill_bubble": sum(plan.bubble),
+        "fill_bubble_used": plan.bubble_used,
+        "fill_tasks_done_per_rank": [len(r) for r in plan.spans],
+        "fill_never_started": [list(r) for r in plan.too_long],
+    }
+
+
+def print_fill(plan: FillPlan) -> None:
+    print(f"fill                {plan.tasks_done} tasks, {plan.fill_time:.6g} of "
+          f"{sum(plan.bubble):.6g} bubble time ({plan.bubble_used:.1%} of the bubble used)")
+    for r, never in enumerate(plan.too_long):
+        if never:
+            print(f"  rank {r}: {len(never)} tasks fit no gap (longer than every gap or "
+                  f"larger than its free memory), never started: queue {list(never)[:8]}")
