@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class FillWork:
     """A fill task: ``fn()`` run in a gap; ``seconds`` its estimated duration, ``memory`` the
-    bytes it needs while it runs; ``name`` for the report and the picture."""
+    bytes it needs while it runs; ``name`` for the report and the picture. ``fn`` returning
+    ``False`` means it could not run yet (did nothing): it stays at the queue's head."""
 
     fn: Callable[[], Any]
     seconds: float
@@ -152,7 +153,10 @@ class FillRunner:
             if all(w.is_completed() for w in works):
                 return True
             self.queue.popleft()
-            if not self._run(task):
+            ran = self._run(task)
+            if ran is not True:
+                if ran is False:  # not ready (an eval pass without its input): keep it
+                    self.queue.appendleft(task)
                 break
             end = time.perf_counter()
             unit0 = slot.start + (now - t0) / self.spu
@@ -165,9 +169,11 @@ class FillRunner:
             now = end
         return now > t0 and all(w.is_completed() for w in works)
 
-    def _run(self, task: FillWork) -> bool:
+    def _run(self, task: FillWork) -> bool | None:
+        """True: it ran; False: it answered False (not ready, nothing done); None: it raised."""
         try:
-            task.fn()
+            if task.fn() is False:
+                return False
         except Exception as e:  # a fill task's failure stops the queue, never the step
             text = str(e).strip().splitlines()[0] if str(e).strip() else ""
             self.errors.append(f"rank {self.rank}: fill task {task.name!r} raised "
@@ -175,7 +181,7 @@ class FillRunner:
                                f"({len(self.queue)} tasks left), training goes on")
             log.warning("%s", self.errors[-1])
             self.queue.clear()
-            return False
+            return None
         return True
 
     def _close(self, st: Any) -> None:

@@ -6,6 +6,8 @@
   raises in the middle and one longer than every gap; two steps. Reports each rank's fill report.
 - ``grads``: the test GPT, 1f1b, p=2, m=4, one step without fill and one (fresh executor) with
   fill tasks that train a second small model; the losses and gradients of both, rank 0's.
+- ``eval``: the test GPT under 1f1b and v-min (p=2, m=4, no optimizer), three eval
+  microbatches as fill (EvalFill), two steps, then drain: the eval losses, the training losses.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pipeblocks.models.gpt import GPTConfig, TinyGPT, lm_loss, synthetic_batch
 from pipeblocks.runtime.emulate import EmulatedStage, emulated_sleep
 from pipeblocks.runtime.executor import Executor
 from pipeblocks.runtime.fill import FillRunner, FillWork, second_model_work
+from pipeblocks.runtime.fill_eval import EvalFill
 from pipeblocks.runtime.split import ends_layout, split
 from pipeblocks.sim import UniformCosts, simulate
 from pipeblocks.sim.fill import place_fill
@@ -82,11 +85,30 @@ def grads(rank: int) -> dict:
     return out
 
 
+def evaluation(rank: int) -> dict:
+    out = {}
+    for name in ("1f1b", "v-min"):
+        schedule = generate(name, P, M)
+        S = schedule.spec.num_stages
+        cfg = GPTConfig(vocab=32, seq=8, dim=16, heads=2, layers=S)
+        parts = split(TinyGPT(cfg, seed=3), S, ends_layout(S, S))
+        mine = {s: parts[s] for s in schedule.spec.stages_of(rank)}
+        ex = Executor(schedule, mine, lm_loss, None, rank=rank)
+        batches = [synthetic_batch(cfg, 2, seed=11, step=e) for e in range(3)]
+        ev = EvalFill(ex, batches, seconds=1e-4)
+        ex.fill = _runner(schedule, rank, ev.tasks(), 1.0)
+        tokens, targets = synthetic_batch(cfg, M * 2, seed=5, step=0)
+        train = [ex.step(tokens, targets).losses for _ in range(2)]
+        in_gaps = ex.fill.report()["fill_tasks_done"]
+        out[name] = {"eval": ev.drain(), "train": train, "in_gaps": in_gaps}
+    return out
+
+
 def main() -> int:
     mode, path = sys.argv[1], sys.argv[2]
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    result = {"emulated": emulated, "grads": grads}[mode](rank)
+    result = {"emulated": emulated, "grads": grads, "eval": evaluation}[mode](rank)
     got = [None] * P
     dist.all_gather_object(got, result)
     if rank == 0:

@@ -45,6 +45,35 @@ def test_fill_leaves_losses_and_gradients_unchanged(tmp_path: Path) -> None:
     assert sum(r["report"]["fill_tasks_done"] for r in ranks) > 0
 
 
+def test_eval_fill_losses_equal_a_plain_evaluation(tmp_path: Path) -> None:
+    """Eval microbatches run as fill (stage to stage, in gaps, then drained) give the losses of
+    the unpartitioned model on the same weights, and training losses stay those without fill."""
+    ranks = _run("eval", tmp_path)
+    for name in ("1f1b", "v-min"):
+        _check_eval(name, ranks)
+
+
+def _check_eval(name: str, ranks: list[dict]) -> None:
+    import torch
+
+    from pipeblocks.models.gpt import GPTConfig, TinyGPT, lm_loss, synthetic_batch
+
+    S = generate(name, 2, 4).spec.num_stages
+    cfg = GPTConfig(vocab=32, seq=8, dim=16, heads=2, layers=S)
+    model = TinyGPT(cfg, seed=3)
+    with torch.no_grad():
+        want = [float(lm_loss(model(x), y))
+                for x, y in (synthetic_batch(cfg, 2, seed=11, step=e) for e in range(3))]
+        tokens, targets = synthetic_batch(cfg, 8, seed=5, step=0)
+        plain = [float(lm_loss(model(tokens[2 * j:2 * j + 2]), targets[2 * j:2 * j + 2]))
+                 for j in range(4)]
+    last = next(r[name] for r in ranks if r[name]["eval"])
+    assert [last["eval"][str(e)] for e in range(3)] == pytest.approx(want, rel=1e-6)
+    assert last["train"][0] == pytest.approx(plain, rel=1e-6)
+    assert last["train"][1] == last["train"][0]  # no optimizer: the eval did not touch weights
+    assert ranks[0][name]["in_gaps"] > 0  # rank 0 ran eval passes of stage 0 in its gaps
+
+
 def test_bad_fill_arguments_are_spec_errors() -> None:
     """Non-positive estimates and time units are refused with the fix."""
     with pytest.raises(SpecError, match="seconds > 0"):
