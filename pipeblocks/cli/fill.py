@@ -1,7 +1,9 @@
-"""``--fill``: the bubble-filling options of ``pipeblocks simulate`` (see docs/fill.md).
+"""``--fill``: the bubble-filling options of ``pipeblocks simulate`` and ``pipeblocks train``
+(see docs/fill.md).
 
     $ pipeblocks simulate 1f1b -p 4 -m 8 --fill 0.25x100
     $ pipeblocks simulate v-min -p 4 -m 8 --fill 0.5x40@0.1 --fill-picture fill.png --json
+    $ pipeblocks train --schedule 1f1b --ranks 4 --microbatches 8 --steps 6 --fill eval
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from typing import Any
 from pipeblocks.sim.engine import Simulation
 from pipeblocks.sim.fill import FillPlan, parse_fill, place_fill
 
-__all__ = ["add_fill_args", "fill_plan", "fill_json", "print_fill"]
+__all__ = ["add_fill_args", "fill_plan", "fill_json", "print_fill", "add_train_fill_args",
+           "print_train_fill"]
+
+FILL_KINDS = ("eval", "side", "sleep")  # runtime.fill_train.FILL_KINDS (no torch import here)
 
 
 def add_fill_args(p: argparse.ArgumentParser) -> None:
@@ -60,3 +65,31 @@ def print_fill(plan: FillPlan) -> None:
         if never:
             print(f"  rank {r}: {len(never)} tasks fit no gap (longer than every gap or "
                   f"larger than its free memory), never started: queue {list(never)[:8]}")
+
+
+def add_train_fill_args(p: argparse.ArgumentParser) -> None:
+    """``train --fill KIND``: work in each rank's gaps; odd steps run with it, even without."""
+    from pipeblocks.cli.common import finite_float, positive_int
+
+    p.add_argument("--fill", choices=FILL_KINDS, default=None,
+                   help="run fill work in each rank's idle gaps: eval (forward-only batches of "
+                   "this model, stage to stage), side (steps of a second small model), sleep "
+                   "(--fill-ms sleeps); odd steps run with fill, even ones without; reports "
+                   "fill_tasks_done, fill_bubble_used, fill_slowdown (docs/fill.md)")
+    p.add_argument("--fill-ms", type=finite_float(0.0, strict=True), default=5.0, metavar="MS",
+                   help="estimated duration of one fill task (default 5)")
+    p.add_argument("--fill-count", type=positive_int, default=8, metavar="N",
+                   help="--fill eval: evaluation microbatches (default 8)")
+
+
+def print_train_fill(r: dict[str, Any]) -> None:
+    if "fill_tasks_done" not in r:
+        return
+    slow = r["fill_slowdown"]
+    print(f"fill: {r['fill_tasks_done']} tasks, {r['fill_bubble_used']:.1%} of the simulated "
+          f"bubble used, step with fill / without "
+          f"{'-' if slow is None else format(slow, '.3f')}")
+    for line in r["fill_errors"] + r["fill_never_started"][:4]:
+        print(f"  {line}")
+    if r["fill_eval_losses"]:
+        print("  eval losses: " + ", ".join(f"{x:.4f}" for x in r["fill_eval_losses"]))

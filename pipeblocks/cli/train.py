@@ -6,6 +6,7 @@
     $ pipeblocks train --schedule-file my.csv --ranks 4 --steps 5
     $ pipeblocks train --schedule 1f1b --ranks 4 --microbatches 8 --steps 20 --save ckpt --save-every 5
     $ pipeblocks train --schedule v-half --ranks 2 --microbatches 8 --steps 40 --resume ckpt
+    $ pipeblocks train --schedule 1f1b --ranks 4 --microbatches 8 --steps 6 --fill eval --json
     $ torchrun --nproc-per-node 4 -m pipeblocks.train --schedule 1f1b --microbatches 8
 
 This command starts the P processes itself (:func:`pipeblocks.runtime.launch.launch`); each
@@ -26,6 +27,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from pipeblocks.cli.common import one_line_errors, positive_int
+from pipeblocks.cli.fill import add_train_fill_args, print_train_fill
 from pipeblocks.errors import PipeblocksError, SpecError
 
 if TYPE_CHECKING:
@@ -101,6 +103,7 @@ def add_train_args(p: argparse.ArgumentParser, *, ranks_required: bool) -> None:
     p.add_argument("--resume", metavar="DIR", default=None,
                    help="continue from the newest checkpoint in DIR (or that checkpoint "
                    "folder): any schedule with the same stage layout; --steps is the total")
+    add_train_fill_args(p)
     p.add_argument("--json", action="store_true",
                    help="print one JSON object as the last line of stdout")
 
@@ -140,6 +143,7 @@ _FLAGS = [
     ("emulate_ms", "--emulate-ms"), ("check_grads", "--check-grads"), ("memory", "--memory"),
     ("timeout", "--timeout"), ("threads", "--threads"), ("json", "--json"),
     ("save", "--save"), ("save_every", "--save-every"), ("resume", "--resume"),
+    ("fill", "--fill"), ("fill_ms", "--fill-ms"), ("fill_count", "--fill-count"),
 ]
 
 
@@ -185,7 +189,8 @@ def build_plan(args: argparse.Namespace, world: int | None = None) -> TrainPlan:
     options = TrainOptions(
         steps=args.steps, microbatch_size=args.microbatch_size, lr=args.lr, seed=args.seed,
         emulate_ms=args.emulate_ms, check_grads=args.check_grads, memory=args.memory,
-        timeout=args.timeout, threads=args.threads, save=args.save, save_every=args.save_every)
+        timeout=args.timeout, threads=args.threads, save=args.save, save_every=args.save_every,
+        fill=args.fill, fill_ms=args.fill_ms, fill_count=args.fill_count)
     return TrainPlan(schedule, source, layout, options,
                      name=schedule.name or str(args.schedule_file), resume=resume)
 
@@ -376,6 +381,7 @@ def _print_report(args: argparse.Namespace, r: dict[str, Any]) -> None:
     if "grad_max_abs_diff" in r:
         print(f"check against the unpartitioned model: grad_max_abs_diff "
               f"{r['grad_max_abs_diff']:.3g}, loss_abs_diff {r['loss_abs_diff']:.3g}")
+    print_train_fill(r)
     if "simulated_ms" in r:
         print(f"emulated {r['emulate_ms']:g} ms per pass: simulated {r['simulated_ms']:.1f} ms "
               f"(comm {r['comm_ms']:.3f} ms), measured / simulated "

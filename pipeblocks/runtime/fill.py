@@ -10,7 +10,12 @@ has not arrived yet, the runner starts queue tasks one at a time while
   simulated gap (times ``seconds_per_unit``) until this slot has been measured, then what it
   measured at the previous step;
 - the task's memory fits the headroom (``headroom()`` bytes, e.g. free device memory);
-- the input has still not arrived (checked between tasks).
+- the input has not arrived yet, where the transport can tell (checked between tasks; NCCL
+  can, gloo cannot before ``wait``, so on gloo the expected gap alone decides).
+
+A gap is measured from the hook to the moment the pass's input is there; when the pass still
+waited after the fill, that is the gap exactly, otherwise the input came during the fill: the
+gap is unknown, so the next step leaves it empty and measures it exactly.
 
 So a task never starts when it would delay the next pass beyond ``max_delay`` by the runner's
 own estimate; :attr:`FillRunner.max_overrun` reports the most a gap's fill ran past the gap it
@@ -47,6 +52,11 @@ __all__ = ["FillWork", "FillRunner", "second_model_work"]
 
 log = logging.getLogger(__name__)
 
+_WAITED = 2e-4
+"""Seconds a pass must still wait for its input after the fill for the gap to count as
+measured exactly (below it the input may have come during the last task: gloo cannot tell
+whether a receive is complete before ``wait``)."""
+
 
 @dataclass(frozen=True, slots=True)
 class FillWork:
@@ -72,12 +82,14 @@ class FillRunner:
 
     ``seconds_per_unit`` converts the simulator's time unit into seconds; ``max_delay`` (s) is
     the bound on the delay a task may add to the next pass by the runner's estimate;
-    ``headroom()`` gives the bytes free for fill now (default: unlimited).
+    ``headroom()`` gives the bytes free for fill now (default: unlimited); ``at_end()`` runs
+    at the end of each step's program, before the optimizer step.
     """
 
     def __init__(self, schedule: Schedule, rank: int, slots: Sequence[FillSlot],
                  tasks: Iterable[FillWork], *, seconds_per_unit: float,
-                 max_delay: float = 0.0, headroom: Callable[[], float] | None = None) -> None:
+                 max_delay: float = 0.0, headroom: Callable[[], float] | None = None,
+                 at_end: Callable[[], None] | None = None) -> None:
         if not seconds_per_unit > 0 or not max_delay >= 0:
             raise SpecError(f"fill needs seconds_per_unit > 0 and max_delay >= 0 (got "
                             f"{seconds_per_unit}, {max_delay})")
@@ -88,6 +100,7 @@ class FillRunner:
         self.spu = seconds_per_unit
         self.max_delay = max_delay
         self.headroom = headroom
+        self.at_end = at_end
         self.queue: deque[FillWork] = deque(tasks)
         self.measured: dict[int, float] = {}  # slot -> the gap measured at the last step (s)
         self.ratio = 1.0  # measured over estimated task seconds, the largest seen
@@ -99,22 +112,34 @@ class FillRunner:
         self.never_started: list[str] = []
         self.spans: list[FillSpan] = []
         self.steps = 0
-        self._open: tuple[int, float, bool] | None = None  # slot, hook time, input came in fill
+        self._open: tuple[int, float, float] | None = None  # slot, hook time, fill's end
         self._st: Any = None  # the executor's state of the step in progress
         longest = max((s.length for s in slots), default=0.0) * seconds_per_unit
         self._drop_too_long(longest + max_delay)
 
+    def set_unit(self, seconds_per_unit: float) -> None:
+        """A new length of the simulator's time unit (measured); tasks that now fit no gap
+        leave the queue, reported."""
+        self.spu = seconds_per_unit
+        longest = max((s.length for s in self.slots.values()), default=0.0) * seconds_per_unit
+        self._drop_too_long(longest + self.max_delay)
+
     # -- the hook ----------------------------------------------------------------------------
 
-    def gap(self, action: Action, st: Any) -> None:
-        """Called by the executor before ``action`` (its inputs' receives already posted);
-        an evaluation step (``st.evaluate``) gets no fill."""
+    def gap(self, action: Action | None, st: Any) -> None:
+        """Called by the executor before ``action`` (its inputs' receives already posted) and
+        with None at the end of the program, before the optimizer step (then ``at_end`` runs:
+        e.g. :meth:`EvalFill.end_step`); an evaluation step (``st.evaluate``) gets no fill."""
         if st is not self._st:  # a new step: the last one's final gap is measured now
             self._close(self._st)
             self._st = st
             self.steps += 1
         self._close(st)
         if st.evaluate:
+            return
+        if action is None:
+            if self.at_end is not None:
+                self.at_end()
             return
         k = self.index.get(action)
         slot = self.slots.get(k) if k is not None else None
@@ -125,8 +150,7 @@ class FillRunner:
             return
         t0 = time.perf_counter()
         expect = self.measured.get(k, slot.length * self.spu)
-        arrived = self._fill(slot, works, t0, expect)
-        self._open = (k, t0, arrived)
+        self._open = (k, t0, self._fill(slot, works, t0, expect))
 
     def report(self) -> dict[str, Any]:
         """What fill did on this rank (JSON-ready)."""
@@ -141,7 +165,7 @@ class FillRunner:
     # -- inside -------------------------------------------------------------------------------
 
     def _fill(self, slot: FillSlot, works: list[Any], t0: float, expect: float) -> bool:
-        """Run tasks while they fit; True when the input arrived before the fill ended."""
+        """Run tasks while they fit; the time the fill ended."""
         now = t0
         while self.queue:
             task = self.queue[0]
@@ -150,8 +174,8 @@ class FillRunner:
             if self.headroom is not None and task.memory > self.headroom():
                 self.memory_waits += 1
                 break
-            if all(w.is_completed() for w in works):
-                return True
+            if all(w.is_completed() for w in works):  # NCCL knows; gloo says False till wait
+                break
             self.queue.popleft()
             ran = self._run(task)
             if ran is not True:
@@ -167,7 +191,7 @@ class FillRunner:
             self.ratio = max(self.ratio, (end - now) / task.seconds)
             self.max_overrun = max(self.max_overrun, end - t0 - expect)
             now = end
-        return now > t0 and all(w.is_completed() for w in works)
+        return now
 
     def _run(self, task: FillWork) -> bool | None:
         """True: it ran; False: it answered False (not ready, nothing done); None: it raised."""
@@ -188,12 +212,12 @@ class FillRunner:
         """Measure the gap of the last slot used: from its hook to its pass's input ready."""
         if self._open is None or st is None:
             return
-        k, t0, arrived = self._open
+        k, t0, fill_end = self._open
         self._open = None
-        gap = max(0.0, st.ready - t0)
-        if arrived:  # the fill ran past the input: the true gap was shorter than measured
-            gap = 0.9 * min(gap, self.measured.get(k, gap))
-        self.measured[k] = gap
+        if st.ready - fill_end > _WAITED:  # the pass still waited after the fill: exact gap
+            self.measured[k] = st.ready - t0
+        else:  # the input came before the fill ended: the gap is unknown, and shorter; no
+            self.measured[k] = 0.0  # fill here next time, which measures it exactly
 
     def _works(self, action: Action, st: Any) -> list[Any] | None:
         """The posted receives ``action`` waits for (None when its input is local)."""

@@ -9,11 +9,13 @@ process group of their own, each tagged by (stage, microbatch), and nothing ever
 a gap: a pass whose input has not arrived is left for a later gap (its fill task answers
 ``False``, see :class:`~pipeblocks.runtime.fill.FillRunner`). So the eval chain cannot
 deadlock with the main program, and its order is the dependency order. :meth:`EvalFill.drain`
-finishes what the gaps left, outside the steps (every rank calls it; it waits stage by stage
-in increasing order, which the stages' chain makes safe).
+finishes what is left after the last step (every rank calls it).
 
-The passes use the stages' weights as they are when each runs (after the optimizer steps
-that came before). The last stage's rank keeps the losses, microbatch by microbatch.
+Weights: at most ``per_step`` eval microbatches start in a step, and at the end of the step's
+program, before the optimizer step, :meth:`EvalFill.end_step` finishes those still on the way
+(waiting, stage by stage in increasing order: each input comes from a lower stage, finished
+first, so this cannot deadlock either). So every eval microbatch sees the weights of one step,
+and its loss equals a plain evaluation of them. The last stage's rank keeps the losses.
 """
 
 from __future__ import annotations
@@ -35,11 +37,16 @@ class EvalFill:
 
     Every rank builds one, collectively (a process group for the eval transfers is made here
     when ``group`` is None and the pipeline has several ranks). :meth:`tasks` gives the fill
-    queue's entries; ``seconds`` is a pass's estimated duration.
+    queue's entries; ``seconds`` is a pass's estimated duration. At most ``per_step`` eval
+    microbatches start per step and :meth:`end_step` (the runner's ``at_end``) finishes them
+    before the optimizer step. ``store`` (a ``torch.distributed`` store every rank reaches,
+    keys under ``pipeblocks-fill/<name>/``) carries a flag per sent eval activation, so a
+    receive can be polled on gloo; without it the works are asked (NCCL can answer).
     """
 
     def __init__(self, executor: Any, batches: Sequence[tuple[Any, Any]], *, seconds: float,
-                 group: Any = None) -> None:
+                 per_step: int = 1, group: Any = None, store: Any = None,
+                 name: str = "eval") -> None:
         import torch.distributed as dist
 
         self.ex = executor
@@ -52,9 +59,18 @@ class EvalFill:
         self.recvs: dict[tuple[int, int], list[tuple[Any, torch.Tensor]]] = {}
         self.sends: list[tuple[Any, torch.Tensor]] = []
         self.losses: dict[int, float] = {}
+        self.per_step = per_step
+        self.limit = min(per_step, len(self.batches))  # microbatches this step may finish
+        self.store, self.name = store, name
         if group is None and self.spec.num_ranks > 1:
             group = dist.new_group(backend="gloo" if executor.device.type == "cpu" else None)
         self.group = group
+
+    def end_step(self) -> None:
+        """At the end of a step's program, before the optimizer: finish this step's eval
+        microbatches (so each sees one step's weights), then allow the next ``per_step``."""
+        self._finish(self.limit)
+        self.limit = min(len(self.batches), self.limit + self.per_step)
 
     def tasks(self) -> list[FillWork]:
         """One fill task per eval pass of this rank."""
@@ -69,24 +85,30 @@ class EvalFill:
         """Run one eval pass whose input is there; False when none is (nothing ran)."""
         for s in self.mine:
             e = self.next[s]
-            if e < len(self.batches) and self._ready(s, e):
+            if e < self.limit and self._ready(s, e):
                 self._pass(s, e)
                 return True
         return False
 
     def drain(self) -> dict[int, float]:
         """Finish every eval pass left (waiting for inputs) and the sends; the losses."""
-        for s in self.mine:
-            while self.next[s] < len(self.batches):
-                for work, _ in self._posted(s, self.next[s]):
-                    work.wait()
-                self._pass(s, self.next[s])
+        self._finish(len(self.batches))
         for work, _ in self.sends:
             work.wait()
         self.sends.clear()
         return dict(sorted(self.losses.items()))
 
     # -- inside -------------------------------------------------------------------------------
+
+    def _finish(self, limit: int) -> None:
+        """Run this rank's eval passes up to microbatch ``limit``, stage by stage in order,
+        waiting for inputs (safe: each input comes from a lower stage, finished first)."""
+        for s in self.mine:
+            while self.next[s] < limit:
+                self._pass(s, self.next[s])
+
+    def _key(self, s: int, e: int) -> str:
+        return f"pipeblocks-fill/{self.name}/{s}/{e}"
 
     def _remote(self, s: int) -> bool:
         return s > 0 and self.spec.rank_of(s - 1) != self.ex.rank
@@ -116,14 +138,23 @@ class EvalFill:
             return True
         if not self._remote(s):
             return (s, e) in self.local
-        return all(w.is_completed() for w, _ in self._posted(s, e))
+        posted = self._posted(s, e)
+        if self.store is not None:  # gloo cannot poll a receive: the sender's flag can be
+            return bool(self.store.check([self._key(s, e)]))
+        return all(w.is_completed() for w, _ in posted)
 
     def _input(self, s: int, e: int) -> Any:
         if s == 0:
             return self.batches[e][0]
         if not self._remote(s):
             return self.local.pop((s, e))
-        bufs = [buf for _, buf in self.recvs.pop((s, e))]
+        posted = self._posted(s, e)
+        del self.recvs[(s, e)]
+        for work, _ in posted:
+            work.wait()
+        if self.store is not None:
+            self.store.delete_key(self._key(s, e))
+        bufs = [buf for _, buf in posted]
         return unflatten(self.ex._meta[s].structure, bufs)
 
     def _pass(self, s: int, e: int) -> None:
@@ -145,5 +176,7 @@ class EvalFill:
                 x = x.detach().contiguous()
                 self.sends.append((dist.isend(x, peer, group=self.group,
                                               tag=self._tag(s + 1, e, k)), x))
+            if self.store is not None:
+                self.store.set(self._key(s + 1, e), "1")
         if e + 1 < len(self.batches) and self._remote(s):
             self._posted(s, e + 1)  # the next input's receive goes out early

@@ -27,7 +27,7 @@ from torch import nn
 
 from pipeblocks.errors import PipeblocksError, SpecError
 from pipeblocks.ir.schedule import Schedule
-from pipeblocks.runtime import checkpoint
+from pipeblocks.runtime import checkpoint, fill_train
 from pipeblocks.runtime.emulate import EmulatedStage
 from pipeblocks.runtime.executor import Executor
 from pipeblocks.runtime.faults import Guard, RankFailure, write_error
@@ -88,6 +88,9 @@ class TrainOptions:
     threads: int = 1
     save: str | None = None
     save_every: int | None = None
+    fill: str | None = None  # runtime.fill_train.FILL_KINDS: work in the gaps (docs/fill.md)
+    fill_ms: float = 5.0
+    fill_count: int = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +173,7 @@ def train(plan: TrainPlan, *, device: torch.device, guard: Guard | None = None,
     parts = split(model, spec.num_stages, plan.layout)
     mine: dict[int, nn.Module] = {s: parts[s] for s in spec.stages_of(rank)}
     ex, opt = _executor(plan, mine, device, guard)
+    fill, on = fill_train.from_plan(plan, ex, device), []
     first = 0
     if plan.resume is not None:
         _where(guard, "loading the checkpoint")
@@ -182,6 +186,8 @@ def train(plan: TrainPlan, *, device: torch.device, guard: Guard | None = None,
     grads: dict[str, torch.Tensor] = {}
     peak = 0
     for step in range(first, opts.steps):
+        on.append(fill is not None and fill.before_step(ex, step, [
+            s["ms"] for s, f in zip(steps[1:], on[1:], strict=False) if not f]))
         row, res = _step(plan, ex, step, device)
         steps.append(row)
         peak = max(peak, res.peak_activation_bytes)
@@ -196,7 +202,8 @@ def train(plan: TrainPlan, *, device: torch.device, guard: Guard | None = None,
             checkpoint.save(opts.save, step + 1, mine, opt, layout=plan.layout,
                             model=plan.model.describe(), schedule=plan.schedule.name,
                             guard=guard)
-    return _report(plan, steps, first, peak, grads, comm)
+    report = _report(plan, steps, first, peak, grads, comm)
+    return report | (fill.finish(steps, on) if fill is not None else {})
 
 
 def _executor(plan: TrainPlan, mine: dict[int, nn.Module], device: torch.device,

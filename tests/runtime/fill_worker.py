@@ -85,22 +85,33 @@ def grads(rank: int) -> dict:
     return out
 
 
+def _store():
+    from pipeblocks.runtime.faults import store_client
+
+    return store_client(30.0)
+
+
 def evaluation(rank: int) -> dict:
     out = {}
-    for name in ("1f1b", "v-min"):
-        schedule = generate(name, P, M)
+    for name in ("1f1b", "v-min", "v-min+adam"):
+        schedule = generate(name.split("+")[0], P, M)
         S = schedule.spec.num_stages
         cfg = GPTConfig(vocab=32, seq=8, dim=16, heads=2, layers=S)
         parts = split(TinyGPT(cfg, seed=3), S, ends_layout(S, S))
         mine = {s: parts[s] for s in schedule.spec.stages_of(rank)}
-        ex = Executor(schedule, mine, lm_loss, None, rank=rank)
+        opt = torch.optim.Adam([q for m in mine.values() for q in m.parameters()], lr=0.05
+                               ) if "adam" in name else None
+        ex = Executor(schedule, mine, lm_loss, opt, rank=rank)
         batches = [synthetic_batch(cfg, 2, seed=11, step=e) for e in range(3)]
-        ev = EvalFill(ex, batches, seconds=1e-4)
+        ev = EvalFill(ex, batches, seconds=1e-4, per_step=2, store=_store(), name=name)
         ex.fill = _runner(schedule, rank, ev.tasks(), 1.0)
+        ex.fill.at_end = ev.end_step
         tokens, targets = synthetic_batch(cfg, M * 2, seed=5, step=0)
         train = [ex.step(tokens, targets).losses for _ in range(2)]
         in_gaps = ex.fill.report()["fill_tasks_done"]
-        out[name] = {"eval": ev.drain(), "train": train, "in_gaps": in_gaps}
+        done_in_steps = sum(ev.next.values())  # eval passes done before the drain
+        out[name] = {"eval": ev.drain(), "train": train, "in_gaps": in_gaps,
+                     "in_steps": done_in_steps}
     return out
 
 

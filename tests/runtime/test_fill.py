@@ -51,6 +51,27 @@ def test_eval_fill_losses_equal_a_plain_evaluation(tmp_path: Path) -> None:
     ranks = _run("eval", tmp_path)
     for name in ("1f1b", "v-min"):
         _check_eval(name, ranks)
+    # with Adam: eval microbatches 0 and 1 start and finish in step 0, before its update,
+    # so they see the initial weights; 2 runs in step 1 on the updated ones
+    last = next(r["v-min+adam"] for r in ranks if r["v-min+adam"]["eval"])
+    want = _plain_eval("v-min")
+    assert [last["eval"][str(e)] for e in range(2)] == pytest.approx(want[:2], rel=1e-6)
+    assert last["eval"]["2"] != pytest.approx(want[2], rel=1e-6)
+    for r in ranks:
+        assert r["v-min+adam"]["in_steps"] == 3 * 2  # every eval pass ran inside a step
+
+
+def _plain_eval(name: str) -> list[float]:
+    import torch
+
+    from pipeblocks.models.gpt import GPTConfig, TinyGPT, lm_loss, synthetic_batch
+
+    S = generate(name, 2, 4).spec.num_stages
+    cfg = GPTConfig(vocab=32, seq=8, dim=16, heads=2, layers=S)
+    model = TinyGPT(cfg, seed=3)
+    with torch.no_grad():
+        return [float(lm_loss(model(x), y))
+                for x, y in (synthetic_batch(cfg, 2, seed=11, step=e) for e in range(3))]
 
 
 def _check_eval(name: str, ranks: list[dict]) -> None:
