@@ -15,7 +15,7 @@ from pipeblocks.sim.engine import Simulation
 from pipeblocks.sim.fill import FillPlan, parse_fill, place_fill
 
 __all__ = ["add_fill_args", "fill_plan", "fill_json", "print_fill", "add_train_fill_args",
-           "print_train_fill"]
+           "print_train_fill", "draw_train_fill"]
 
 FILL_KINDS = ("eval", "side", "sleep")  # runtime.fill_train.FILL_KINDS (no torch import here)
 
@@ -80,6 +80,23 @@ def add_train_fill_args(p: argparse.ArgumentParser) -> None:
                    help="estimated duration of one fill task (default 5)")
     p.add_argument("--fill-count", type=positive_int, default=8, metavar="N",
                    help="--fill eval: evaluation microbatches (default 8)")
+    p.add_argument("--fill-picture", metavar="OUT", default=None,
+                   help="draw the simulated timeline with the fill tasks where they ran in "
+                   "the last step with fill (.png, .svg, .pdf)")
+
+
+def draw_train_fill(args: argparse.Namespace, schedule: Any, report: dict[str, Any]) -> None:
+    """``--fill-picture``: rank 0 draws the fill spans of the report on the timeline."""
+    if not getattr(args, "fill_picture", None) or "fill_spans" not in report:
+        return
+    from pipeblocks.sim import UniformCosts, simulate
+    from pipeblocks.sim.fill import FillSpan
+    from pipeblocks.visual.fill import draw_fill
+
+    sim = simulate(schedule, UniformCosts(f=1, b=1, w=1), validate=False)
+    spans = [[FillSpan(*s) for s in rank] for rank in report["fill_spans"]]
+    draw_fill(sim, spans, args.fill_picture,
+              title=f"{schedule.name}: fill where it ran (last step with fill)")
 
 
 def print_train_fill(r: dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from pipeblocks.cli.common import one_line_errors, positive_int
-from pipeblocks.cli.fill import add_train_fill_args, print_train_fill
+from pipeblocks.cli.fill import add_train_fill_args, draw_train_fill, print_train_fill
 from pipeblocks.errors import PipeblocksError, SpecError
 
 if TYPE_CHECKING:
@@ -144,6 +144,7 @@ _FLAGS = [
     ("timeout", "--timeout"), ("threads", "--threads"), ("json", "--json"),
     ("save", "--save"), ("save_every", "--save-every"), ("resume", "--resume"),
     ("fill", "--fill"), ("fill_ms", "--fill-ms"), ("fill_count", "--fill-count"),
+    ("fill_picture", "--fill-picture"),
 ]
 
 
@@ -353,6 +354,7 @@ def rank_main(argv: list[str] | None = None) -> int:
         write_error(str(e))
         return 1
     if report:
+        draw_train_fill(args, plan.schedule, report)
         _print_report(args, report)
     return 0
 

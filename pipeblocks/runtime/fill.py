@@ -6,7 +6,8 @@ executor calls :meth:`FillRunner.gap`; when a slot lies before that pass and the
 has not arrived yet, the runner starts queue tasks one at a time while
 
 - the time spent in this gap plus the task's estimate (corrected by the ratio of measured to
-  estimated durations seen so far) stays within the gap it expects plus ``max_delay``: the
+  estimated durations seen so far) stays within the gap it expects, less the ``safety``
+  fraction, plus ``max_delay``: the
   simulated gap (times ``seconds_per_unit``) until this slot has been measured, then what it
   measured at the previous step;
 - the task's memory fits the headroom (``headroom()`` bytes, e.g. free device memory);
@@ -81,24 +82,28 @@ class FillRunner:
     """Runs ``tasks`` (in order) in rank ``rank``'s gaps ``slots`` of ``schedule``.
 
     ``seconds_per_unit`` converts the simulator's time unit into seconds; ``max_delay`` (s) is
-    the bound on the delay a task may add to the next pass by the runner's estimate;
+    the bound on the delay a task may add to the next pass by the runner's estimate; ``safety``
+    the fraction of each expected gap kept free (gaps drift from step to step);
     ``headroom()`` gives the bytes free for fill now (default: unlimited); ``at_end()`` runs
     at the end of each step's program, before the optimizer step.
     """
 
     def __init__(self, schedule: Schedule, rank: int, slots: Sequence[FillSlot],
                  tasks: Iterable[FillWork], *, seconds_per_unit: float,
-                 max_delay: float = 0.0, headroom: Callable[[], float] | None = None,
+                 max_delay: float = 0.0, safety: float = 0.1,
+                 headroom: Callable[[], float] | None = None,
                  at_end: Callable[[], None] | None = None) -> None:
-        if not seconds_per_unit > 0 or not max_delay >= 0:
-            raise SpecError(f"fill needs seconds_per_unit > 0 and max_delay >= 0 (got "
-                            f"{seconds_per_unit}, {max_delay})")
+        if not seconds_per_unit > 0 or not max_delay >= 0 or not 0 <= safety < 1:
+            raise SpecError(f"fill needs seconds_per_unit > 0, max_delay >= 0 and 0 <= safety "
+                            f"< 1 (got {seconds_per_unit}, {max_delay}, {safety}); e.g. "
+                            f"seconds_per_unit=0.02, max_delay=0.0, safety=0.1")
         self.spec = schedule.spec
         self.rank = rank
         self.index = {a: k for k, a in enumerate(schedule.programs[rank])}
         self.slots = {s.before: s for s in slots}
         self.spu = seconds_per_unit
         self.max_delay = max_delay
+        self.safety = safety
         self.headroom = headroom
         self.at_end = at_end
         self.queue: deque[FillWork] = deque(tasks)
@@ -114,15 +119,13 @@ class FillRunner:
         self.steps = 0
         self._open: tuple[int, float, float] | None = None  # slot, hook time, fill's end
         self._st: Any = None  # the executor's state of the step in progress
-        longest = max((s.length for s in slots), default=0.0) * seconds_per_unit
-        self._drop_too_long(longest + max_delay)
+        self._drop_too_long()
 
     def set_unit(self, seconds_per_unit: float) -> None:
         """A new length of the simulator's time unit (measured); tasks that now fit no gap
         leave the queue, reported."""
         self.spu = seconds_per_unit
-        longest = max((s.length for s in self.slots.values()), default=0.0) * seconds_per_unit
-        self._drop_too_long(longest + self.max_delay)
+        self._drop_too_long()
 
     # -- the hook ----------------------------------------------------------------------------
 
@@ -169,7 +172,7 @@ class FillRunner:
         now = t0
         while self.queue:
             task = self.queue[0]
-            if now - t0 + task.seconds * self.ratio > expect + self.max_delay:
+            if now - t0 + task.seconds * self.ratio > expect * (1 - self.safety) + self.max_delay:
                 break
             if self.headroom is not None and task.memory > self.headroom():
                 self.memory_waits += 1
@@ -231,14 +234,17 @@ class FillRunner:
         posted = st.posted.get(t)
         return [w for w, _ in posted] if posted else None
 
-    def _drop_too_long(self, longest: float) -> None:
+    def _drop_too_long(self) -> None:
+        """Tasks longer than the most any gap may take leave the queue, reported."""
+        longest = max((s.length for s in self.slots.values()), default=0.0) * self.spu
+        longest = longest * (1 - self.safety) + self.max_delay
         keep: deque[FillWork] = deque()
         for task in self.queue:
             if task.seconds > longest:
                 self.never_started.append(
                     f"rank {self.rank}: fill task {task.name!r} ({task.seconds * 1e3:.3g} ms) "
-                    f"is longer than every gap ({longest * 1e3:.3g} ms with the delay bound); "
-                    f"never started")
+                    f"is longer than every gap ({longest * 1e3:.3g} ms, less the safety "
+                    f"fraction, plus the delay bound); never started")
             else:
                 keep.append(task)
         self.queue = keep

@@ -49,10 +49,13 @@ class TrainFill:
     makespan_units: float
     bubble_units: float
     fixed_unit: bool
+    last_from: int = 0
 
     def before_step(self, ex: Any, step: int, plain_ms: list[float]) -> bool:
         """Attach the runner on odd steps; True when this step runs with fill."""
         on = step % 2 == 1
+        if on:
+            self.last_from = len(self.runner.spans)  # the picture shows the last fill step
         if on and not self.fixed_unit and plain_ms:
             self.runner.set_unit(statistics.median(plain_ms) / 1e3 / self.makespan_units)
         ex.fill = self.runner if on else None
@@ -61,7 +64,9 @@ class TrainFill:
     def finish(self, steps: list[dict[str, Any]], fill_steps: list[bool]) -> dict[str, Any]:
         """Drain the eval, gather every rank's fill report; the keys on rank 0 ({} elsewhere)."""
         losses = self.evaluation.drain() if self.evaluation is not None else {}
-        mine = (self.runner.report(), losses, self.runner.spu)
+        spans = [(f.rank, f.task, f.name, f.start, f.end)
+                 for f in self.runner.spans[self.last_from:]]
+        mine = (self.runner.report(), losses, self.runner.spu, spans)
         got: list[Any] = [mine]
         if dist.is_initialized():
             got = [None] * dist.get_world_size() if dist.get_rank() == 0 else []
@@ -88,6 +93,7 @@ def _keys(got: list[Any], steps: list[dict[str, Any]], fill_steps: list[bool],
         "fill_never_started": [e for r in reports for e in r["fill_never_started"]],
         "fill_max_overrun_ms": max(r["fill_max_overrun"] for r in reports) * 1e3,
         "fill_eval_losses": [eval_losses[e] for e in sorted(eval_losses)],
+        "fill_spans": [g[3] for g in got],  # per rank, the last fill step, simulated units
     }
 
 
