@@ -12,9 +12,10 @@ fill then with it (the same executor, the runner attached or not), after a warm-
 step's time is its makespan (barrier, then the latest end minus the earliest start).
 
 Reported per schedule: ``fill_slowdown`` (median step with fill over median step without),
-``fill_bubble_used`` (fill seconds per step, all ranks, over the simulated inner bubble: the
-idle time between passes, the gaps fill may use; ``fill_bubble_used_all`` divides by the whole
-bubble, lead and tail waits included) and the simulator's own placement of the same tasks.
+``fill_bubble_used`` (fill seconds per step, all ranks, over the simulated bubble between
+passes, the gaps fill uses; ``fill_bubble_used_all`` divides by the whole bubble, the waits
+before each rank's first pass and after its last included) and the simulator's own placement
+of the same tasks.
 Acceptance (issue 18): slowdown at most 1.02 and at least 0.60 of the bubble used.
 
 Writes ``benchmarks/results/fill.json`` and ``docs/img/bench_fill.png`` (where fill ran in the
@@ -61,7 +62,7 @@ def worker(config: dict[str, Any]) -> int:
     schedule = generate(config["schedule"], P, M)
     S = schedule.spec.num_stages
     sim = simulate(schedule, UniformCosts(f=1, b=1, w=1))
-    slots = place_fill(sim, []).slots[rank]
+    slots = place_fill(sim, []).slots[rank]  # between passes (see runtime/fill_train.py)
     task = FillWork(lambda: emulated_sleep(TASK_MS / 1e3), TASK_MS / 1e3, name="sleep")
     # UniformCosts are per rank: a stage's pass is 1/v unit, so one unit is v passes
     unit = PASS_MS * schedule.spec.stages_per_rank / 1e3
@@ -99,7 +100,7 @@ def _summarise(name: str, got: list[Any]) -> dict[str, Any]:
 
     sim = simulate(generate(name, P, M), UniformCosts(f=1, b=1, w=1))
     unit = PASS_MS * sim.schedule.spec.stages_per_rank / 1e3  # per-rank costs: see worker
-    inner = sum(place_fill(sim, []).bubble) * unit
+    usable = sum(place_fill(sim, []).bubble) * unit  # the gaps between passes
     whole = sum(sim.idle) * unit
     simulated = place_fill(sim, [FillTask(TASK_MS / 1e3 / unit)] * 100_000)
     steps: dict[str, list[float]] = {"plain": [], "fill": []}
@@ -120,7 +121,7 @@ def _summarise(name: str, got: list[Any]) -> dict[str, Any]:
         "fill_slowdown": fill / plain,
         "fill_tasks_done": sum(r["fill_tasks_done"] for r in reports),
         "fill_tasks_per_step": per_step / (TASK_MS / 1e3),
-        "fill_bubble_used": per_step / inner,
+        "fill_bubble_used": per_step / usable,
         "fill_bubble_used_all": per_step / whole,
         "sim_fill_bubble_used": simulated.bubble_used,
         "fill_max_overrun_ms": max(r["fill_max_overrun"] for r in reports) * 1e3,
@@ -142,8 +143,9 @@ def _picture(row: dict[str, Any], quick: bool) -> None:
     sim = simulate(generate(row["schedule"], P, M), UniformCosts(f=1, b=1, w=1))
     spans = [[FillSpan(*s) for s in rank] for rank in row["last_fill_spans"]]
     path = c.image_path(NAME, quick)
+    used = row["fill_bubble_used"]
     draw_fill(sim, spans, path, title=f"{row['schedule']} p={P} m={M}: where fill ran "
-              f"(measured, last step; {row['fill_bubble_used']:.0%} of the inner bubble)")
+              f"(measured, last step; {used:.0%} of the bubble between passes)")
     c.log(f"wrote {path.relative_to(c.ROOT)}")
 
 

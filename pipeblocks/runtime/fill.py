@@ -100,7 +100,8 @@ class FillRunner:
         self.spec = schedule.spec
         self.rank = rank
         self.index = {a: k for k, a in enumerate(schedule.programs[rank])}
-        self.slots = {s.before: s for s in slots}
+        n = len(schedule.programs[rank])  # a tail slot (after the last pass) has no hook
+        self.slots = {s.before: s for s in slots if s.before < n}
         self.spu = seconds_per_unit
         self.max_delay = max_delay
         self.safety = safety
@@ -239,15 +240,18 @@ class FillRunner:
         longest = max((s.length for s in self.slots.values()), default=0.0) * self.spu
         longest = longest * (1 - self.safety) + self.max_delay
         keep: deque[FillWork] = deque()
+        dropped: dict[tuple[str, float], int] = {}  # one line per kind of task, with a count
         for task in self.queue:
             if task.seconds > longest:
-                self.never_started.append(
-                    f"rank {self.rank}: fill task {task.name!r} ({task.seconds * 1e3:.3g} ms) "
-                    f"is longer than every gap ({longest * 1e3:.3g} ms, less the safety "
-                    f"fraction, plus the delay bound); never started")
+                dropped[(task.name, task.seconds)] = dropped.get((task.name, task.seconds), 0) + 1
             else:
                 keep.append(task)
         self.queue = keep
+        for (name, seconds), count in dropped.items():
+            self.never_started.append(
+                f"rank {self.rank}: {count} fill task(s) {name!r} ({seconds * 1e3:.3g} ms) "
+                f"longer than every gap ({longest * 1e3:.3g} ms, less the safety fraction, "
+                f"plus the delay bound); never started")
 
 
 def second_model_work(model: Any, optimizer: Any, batch: Callable[[], tuple[Any, Any]],

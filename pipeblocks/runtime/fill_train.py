@@ -12,7 +12,7 @@ the schedule simulated under unit costs and one of three kinds of fill work:
 Steps alternate: even steps (the first one included: warm-up) run without fill, odd ones with
 it, so one run measures both; ``fill_slowdown`` is the median step with fill over the median
 without. ``fill_bubble_used`` is the fill time per fill step, all ranks, over the simulated
-bubble between passes, in seconds: one simulated unit is ``emulate_ms * v`` ms when emulated,
+bubble between passes (the gaps fill uses), in seconds: one simulated unit is ``emulate_ms * v`` ms when emulated,
 else the median step without fill over the simulated makespan.
 """
 
@@ -117,6 +117,8 @@ def setup(ex: Any, kind: str, *, task_ms: float, emulate_ms: float | None,
         raise SpecError(f"--fill {kind!r} is not one of {', '.join(FILL_KINDS)}; e.g. --fill eval")
     schedule, rank = ex.schedule, ex.rank
     sim = simulate(schedule, UniformCosts(f=1, b=1, w=1), validate=False)
+    # between passes only: a lead wait is on the warm-up's critical path, where an overrun
+    # delays every rank after (bench_fill measured v-min 1.04x slower with lead fill)
     slots = place_fill(sim, []).slots[rank]
     v = schedule.spec.stages_per_rank
     unit = (emulate_ms * v if emulate_ms is not None else task_ms) / 1e3

@@ -102,3 +102,17 @@ def test_bad_fill_arguments_are_spec_errors() -> None:
     sim = simulate(generate("1f1b", 2, 4))
     with pytest.raises(SpecError, match="seconds_per_unit > 0"):
         FillRunner(sim.schedule, 0, place_fill(sim, []).slots[0], [], seconds_per_unit=0.0)
+
+
+def test_runner_keeps_lead_and_inner_slots_and_drops_what_fits_none() -> None:
+    """A tail slot has no pass to precede (dropped); a task over every usable gap is listed."""
+    sim = simulate(generate("1f1b", 4, 8))
+    slots = place_fill(sim, [], edges=True).slots[3]  # rank 3: a lead and a tail wait
+    assert [s.before for s in slots] == [0, len(sim.schedule.programs[3])]
+    runner = FillRunner(sim.schedule, 3, slots, [FillWork(lambda: None, 0.05, name="long"),
+                                                 FillWork(lambda: None, 0.01)],
+                        seconds_per_unit=0.02)
+    assert list(runner.slots) == [0]  # the lead: 3 units = 60 ms, 54 ms after the safety 0.1
+    assert len(runner.queue) == 2 and runner.never_started == []
+    runner.set_unit(0.015)  # 45 ms, 40.5 usable: the 50 ms task now fits no gap
+    assert len(runner.queue) == 1 and "'long'" in runner.never_started[0]
