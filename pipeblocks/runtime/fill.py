@@ -7,16 +7,17 @@ has not arrived yet, the runner starts queue tasks one at a time while
 
 - the time spent in this gap plus the task's estimate (corrected by the ratio of measured to
   estimated durations seen so far) stays within the gap it expects, less the ``safety``
-  fraction, plus ``max_delay``: the
-  simulated gap (times ``seconds_per_unit``) until this slot has been measured, then what it
-  measured at the previous step;
+  fraction, plus ``max_delay``: the simulated gap (times ``seconds_per_unit``) until this
+  slot has been measured, then the shortest of its last ``_KEEP`` measurements;
 - the task's memory fits the headroom (``headroom()`` bytes, e.g. free device memory);
 - the input has not arrived yet, where the transport can tell (checked between tasks; NCCL
   can, gloo cannot before ``wait``, so on gloo the expected gap alone decides).
 
 A gap is measured from the hook to the moment the pass's input is there; when the pass still
 waited after the fill, that is the gap exactly, otherwise the input came during the fill: the
-gap is unknown, so the next step leaves it empty and measures it exactly.
+gap is unknown and shorter, so half the fill time counts as its measurement (the shortest
+recent one wins: gaps drift with the machine's load, and an overrun costs more than an
+unused millisecond).
 
 So a task never starts when it would delay the next pass beyond ``max_delay`` by the runner's
 own estimate; :attr:`FillRunner.max_overrun` reports the most a gap's fill ran past the gap it
@@ -52,6 +53,9 @@ from pipeblocks.sim.fill import FillSlot, FillSpan
 __all__ = ["FillWork", "FillRunner", "second_model_work"]
 
 log = logging.getLogger(__name__)
+
+_KEEP = 4
+"""Measurements kept per slot; the shortest is the gap expected next."""
 
 _WAITED = 2e-4
 """Seconds a pass must still wait for its input after the fill for the gap to count as
@@ -108,7 +112,7 @@ class FillRunner:
         self.headroom = headroom
         self.at_end = at_end
         self.queue: deque[FillWork] = deque(tasks)
-        self.measured: dict[int, float] = {}  # slot -> the gap measured at the last step (s)
+        self.measured: dict[int, deque[float]] = {}  # slot -> its last gaps (s)
         self.ratio = 1.0  # measured over estimated task seconds, the largest seen
         self.done = 0
         self.fill_seconds = 0.0
@@ -153,7 +157,8 @@ class FillRunner:
         if works is None:
             return
         t0 = time.perf_counter()
-        expect = self.measured.get(k, slot.length * self.spu)
+        seen = self.measured.get(k)
+        expect = min(seen) if seen else slot.length * self.spu
         self._open = (k, t0, self._fill(slot, works, t0, expect))
 
     def report(self) -> dict[str, Any]:
@@ -218,10 +223,11 @@ class FillRunner:
             return
         k, t0, fill_end = self._open
         self._open = None
+        seen = self.measured.setdefault(k, deque(maxlen=_KEEP))
         if st.ready - fill_end > _WAITED:  # the pass still waited after the fill: exact gap
-            self.measured[k] = st.ready - t0
-        else:  # the input came before the fill ended: the gap is unknown, and shorter; no
-            self.measured[k] = 0.0  # fill here next time, which measures it exactly
+            seen.append(st.ready - t0)
+        else:  # the input came during the fill: the gap is unknown and shorter
+            seen.append(0.5 * (fill_end - t0))
 
     def _works(self, action: Action, st: Any) -> list[Any] | None:
         """The posted receives ``action`` waits for (None when its input is local)."""
