@@ -3,6 +3,7 @@
     $ pipeblocks simulate zb-h1 -p 4 -m 8 --cost f=1,b=1,w=1,comm=0.1
     $ pipeblocks simulate 1f1b -p 4 -m 8 --costs costs.json --json
     $ pipeblocks simulate --schedule my.csv --memory-model unit --bubbles
+    $ pipeblocks simulate 1f1b -p 4 -m 8 --fill 0.25x100 --fill-picture fill.png
     $ pipeblocks simulate 1f1b -p 8 -m 32 --model layers=32,hidden=4096,heads=32,seq=4096 \\
           --machine flops=4e14,bandwidth=5e10,latency=1e-5
 
@@ -19,6 +20,7 @@ import dataclasses
 from typing import Any
 
 from pipeblocks.cli.common import add_cost_args, cost_of, emit_json, finite_float
+from pipeblocks.cli.fill import add_fill_args, fill_json, fill_plan, print_fill
 from pipeblocks.cli.memory import add_recompute_arg, apply_recompute
 from pipeblocks.cli.source import add_source_args, schedule_from_args
 from pipeblocks.errors import SpecError
@@ -140,6 +142,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="also list every idle interval per rank (the bubble map)")
     p.add_argument("--capacity", type=finite_float(), default=None,
                    help="memory per rank for the bubble map's free column (default: max peak)")
+    add_fill_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -155,9 +158,12 @@ def run(args: argparse.Namespace) -> int:
     costs = build_costs(args)
     sim = simulate(schedule, costs, validate=False)  # _schedule validated it
     bubbles = bubble_map(sim, args.capacity) if args.bubbles else None
+    fill = fill_plan(args, sim)
     if args.json:
         out = {"costs": describe_costs(costs), **summary(sim),
                "recompute": sorted(schedule.recompute)}
+        if fill is not None:
+            out.update(fill_json(fill))
         if bubbles is not None:
             out["bubbles"] = [[{"start": b.start, "end": b.end, "held": b.held, "free": b.free,
                                 "kind": b.kind.value} for b in rank] for rank in bubbles]
@@ -178,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r:>4} {sim.busy[r]:>10.4g} {sim.idle[r]:>10.4g} {sim.span[r]:>10.4g} "
               f"{sim.peak_memory[r]:>12.4g} {sim.peak_stage_activations[r]:>16.4g}")
     print(f"memory unit: {unit}")
+    if fill is not None:
+        print_fill(fill)
     if bubbles is not None:
         print("bubble map (rank, kind, start, end, held, free):")
         for rank in bubbles:

@@ -6,6 +6,7 @@
     $ pipeblocks train --schedule-file my.csv --ranks 4 --steps 5
     $ pipeblocks train --schedule 1f1b --ranks 4 --microbatches 8 --steps 20 --save ckpt --save-every 5
     $ pipeblocks train --schedule v-half --ranks 2 --microbatches 8 --steps 40 --resume ckpt
+    $ pipeblocks train --schedule 1f1b --ranks 4 --microbatches 8 --steps 6 --fill eval --json
     $ torchrun --nproc-per-node 4 -m pipeblocks.train --schedule 1f1b --microbatches 8
 
 This command starts the P processes itself (:func:`pipeblocks.runtime.launch.launch`); each
@@ -26,6 +27,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from pipeblocks.cli.common import one_line_errors, positive_int
+from pipeblocks.cli.fill import add_train_fill_args, draw_train_fill, print_train_fill
 from pipeblocks.cli.memory import add_recompute_arg, apply_recompute
 from pipeblocks.cli.tinygpt import layout_of, model_config
 from pipeblocks.errors import PipeblocksError, SpecError
@@ -124,6 +126,7 @@ def add_train_args(p: argparse.ArgumentParser, *, ranks_required: bool) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="with --save: save into a folder that holds another run's checkpoints "
                    "(refused otherwise); they are kept unless this run saves the same steps")
+    add_train_fill_args(p)
     p.add_argument("--json", action="store_true",
                    help="print one JSON object as the last line of stdout")
 
@@ -167,6 +170,8 @@ _FLAGS = [
     ("recompute", "--recompute"),
     ("dp", "--dp"), ("emulate_bandwidth", "--emulate-bandwidth"), ("dp_mode", "--dp-mode"),
     ("no_reshard_after_forward", "--no-reshard-after-forward"),
+    ("fill", "--fill"), ("fill_ms", "--fill-ms"), ("fill_count", "--fill-count"),
+    ("fill_picture", "--fill-picture"),
 ]
 
 
@@ -213,7 +218,8 @@ def build_plan(args: argparse.Namespace, world: int | None = None) -> TrainPlan:
         emulate_ms=args.emulate_ms, check_grads=args.check_grads, memory=args.memory,
         timeout=args.timeout, threads=args.threads, save=args.save, save_every=args.save_every,
         dp=args.dp, emulate_bandwidth=args.emulate_bandwidth, dp_mode=args.dp_mode,
-        reshard_after_forward=not args.no_reshard_after_forward)
+        reshard_after_forward=not args.no_reshard_after_forward,
+        fill=args.fill, fill_ms=args.fill_ms, fill_count=args.fill_count)
     plan = TrainPlan(schedule, source, layout, options,
                      name=schedule.name or str(args.schedule_file))
     return dataclasses.replace(plan, resume=_check_checkpoint_args(args, plan))
@@ -381,6 +387,7 @@ def rank_main(argv: list[str] | None = None) -> int:
         write_error(str(e))
         return 1
     if report:
+        draw_train_fill(args, plan.schedule, report)
         _print_report(args, report)
     return 0
 
@@ -409,6 +416,7 @@ def _print_report(args: argparse.Namespace, r: dict[str, Any]) -> None:
     if "grad_max_abs_diff" in r:
         print(f"check against the unpartitioned model: grad_max_abs_diff "
               f"{r['grad_max_abs_diff']:.3g}, loss_abs_diff {r['loss_abs_diff']:.3g}")
+    print_train_fill(r)
     if "simulated_ms" in r:
         print(f"emulated {r['emulate_ms']:g} ms per pass: simulated {r['simulated_ms']:.1f} ms "
               f"(comm {r['comm_ms']:.3f} ms), measured / simulated "

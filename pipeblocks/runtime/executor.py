@@ -104,6 +104,7 @@ class Executor:
         autocast: torch.dtype | None = None,
         checkpoint: Callable[[nn.Module], bool] | None = None,
         reducer: Any = None,
+        fill: Any = None,
     ) -> None:
         import torch.distributed as dist
 
@@ -158,7 +159,7 @@ class Executor:
             self.ties = TiedGrads.build(spec, rank, modules, ties, check_ties, group)
         self._meta: dict[int, Wire] = {}  # stage -> what enters it
         self._key: Any = None  # the shapes the handshake agreed for
-        self.steps = 0
+        self.steps, self.fill = 0, fill  # fill: a runtime.fill.FillRunner (docs/fill.md)
 
     # -- public ------------------------------------------------------------------------------
 
@@ -256,6 +257,8 @@ class Executor:
                         self._queue(st, op)
                     continue
                 self._flush(st)
+                if self.fill is not None:
+                    self.fill.gap(op, st)
                 self._where(str(op))
                 t0 = st.ready = time.perf_counter()
                 if op.kind is Pass.F:
@@ -272,6 +275,8 @@ class Executor:
                     now = time.perf_counter()
                     st.trace.append((str(op), t0 - st.start, st.ready - st.start, now - st.start))
             self._flush(st)
+            if self.fill is not None:  # the end of the program: fill's step-end work
+                self.fill.gap(None, st)
             self._complete_sends(st)
         except RankFailure:
             raise

@@ -31,7 +31,7 @@ from torch import nn
 from pipeblocks.errors import PipeblocksError, SpecError
 from pipeblocks.ir.hybrid import Mesh
 from pipeblocks.ir.schedule import Schedule
-from pipeblocks.runtime import checkpoint
+from pipeblocks.runtime import checkpoint, fill_train
 from pipeblocks.runtime.emulate import EmulatedStage
 from pipeblocks.runtime.executor import Executor
 from pipeblocks.runtime.faults import Guard, RankFailure, post_fault, store_client, write_error
@@ -118,6 +118,9 @@ class TrainOptions:
     emulate_bandwidth: float = 1e8  # bytes/s of an emulated reduction's links (--dp)
     dp_mode: str = "ddp"  # or "fsdp": FSDP2 fully_shard per stage (runtime/fsdp.py)
     reshard_after_forward: bool = True  # FSDP2's option
+    fill: str | None = None  # runtime.fill_train.FILL_KINDS: work in the gaps (docs/fill.md)
+    fill_ms: float = 5.0
+    fill_count: int = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +270,7 @@ def train(plan: TrainPlan, *, device: torch.device, guard: Guard | None = None,
     parts = split(model, spec.num_stages, plan.layout)
     mine: dict[int, nn.Module] = {s: parts[s] for s in spec.stages_of(rank)}
     ex, opt = _executor(plan, mine, device, guard, groups)
+    fill, on = fill_train.from_plan(plan, ex, device), []
     first = 0
     run = uuid.uuid4().hex[:12]  # a fresh run's name; a resumed run keeps its checkpoint's
     if plan.resume is not None:
@@ -281,6 +285,8 @@ def train(plan: TrainPlan, *, device: torch.device, guard: Guard | None = None,
     grads: dict[str, torch.Tensor] = {}
     peak = 0
     for step in range(first, opts.steps):
+        on.append(fill is not None and fill.before_step(ex, step, [
+            s["ms"] for s, f in zip(steps[1:], on[1:], strict=False) if not f]))
         row, res = _step(plan, ex, step, device, guard, (mine, flags), steps, groups)
         steps.append(row)
         peak = max(peak, res.peak_activation_bytes)
@@ -295,7 +301,8 @@ def train(plan: TrainPlan, *, device: torch.device, guard: Guard | None = None,
             checkpoint.save(opts.save, step + 1, mine, opt, layout=plan.layout,
                             model=plan.model.describe(), schedule=plan.schedule.name, run=run,
                             options=plan.data_options(), guard=guard)
-    return _report(plan, steps, first, peak, grads, comm)
+    report = _report(plan, steps, first, peak, grads, comm)
+    return report | (fill.finish(steps, on) if fill is not None else {})
 
 
 def _executor(plan: TrainPlan, mine: dict[int, nn.Module], device: torch.device,
