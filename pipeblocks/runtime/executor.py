@@ -47,7 +47,7 @@ from pipeblocks.ir.hybrid import Collective, DPMode, with_data_parallel
 from pipeblocks.ir.lowering import Comm, CommOp, LoweredSchedule, Payload, Transfer, lower, op_text
 from pipeblocks.ir.schedule import Schedule
 from pipeblocks.ir.validate import validate
-from pipeblocks.runtime.faults import Guard, RankFailure
+from pipeblocks.runtime.faults import Guard, RankFailure, pass_failure
 from pipeblocks.runtime.p2p import P2P, Post, Wire, agree_shapes, tag_of
 from pipeblocks.runtime.recompute import kept_bytes, rebuilt, stage_class
 from pipeblocks.runtime.stage import LossFn, Stage, shared_parameters
@@ -426,24 +426,7 @@ class Executor:
     # -- helpers -----------------------------------------------------------------------------
 
     def _failure(self, where: str, e: Exception, peer: tuple[Any, str] | None) -> RankFailure:
-        """The error to stop with, naming the rank that failed first and its pass.
-
-        A transport error while waiting on a peer usually means the peer died: give the
-        launcher (which watches the processes) a moment to post that root cause.
-        """
-        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        detail = f"{type(e).__name__}: {text[:300]}"
-        if peer is None:
-            msg = f"rank {self.rank} failed in {where}: {detail}"
-            return RankFailure(self.guard.fail(msg) if self.guard is not None else msg)
-        rank, what = peer
-        here = f"rank {self.rank} stops in {where} (waiting for {what})"
-        msg = f"rank {self.rank} lost rank {rank} in {where} (waiting for {what}): {detail}"
-        if self.guard is None:
-            return RankFailure(msg)
-        cause = self.guard.posted(within=2.0) or self.guard.fail(msg)
-        self.guard.stand_down()
-        return RankFailure(cause if cause == msg else f"{here}: {cause}")
+        return pass_failure(self.rank, self.guard, where, e, peer)
 
     def _where(self, what: str) -> None:
         if self.guard is not None:

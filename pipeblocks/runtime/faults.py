@@ -55,12 +55,12 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import torch.distributed as dist
 
 __all__ = ["Guard", "RankFailure", "FAULT_KEY", "describe_exit", "headline", "post_fault",
-           "store_client", "write_error"]
+           "store_client", "write_error", "pass_failure"]
 
 FAULT_KEY = "pipeblocks/fault"
 _STATE = "pipeblocks/state/"  # + rank: "<where>\t<rank waited on, or -1>"
@@ -329,3 +329,26 @@ class Guard:
         write_error(self._line(message, cause))
         sys.stdout.flush()
         os._exit(1)
+
+
+def pass_failure(rank: int, guard: Guard | None, where: str, e: Exception,
+                 peer: tuple[Any, str] | None) -> RankFailure:
+    """The error a rank stops with when ``where`` (a pass, the handshake) raised ``e``, naming
+    the rank that failed first; ``peer``: (rank, message) it was waiting for, if any.
+
+    A transport error while waiting on a peer usually means the peer died: give the launcher
+    (which watches the processes) a moment to post that root cause.
+    """
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    detail = f"{type(e).__name__}: {text[:300]}"
+    if peer is None:
+        msg = f"rank {rank} failed in {where}: {detail}"
+        return RankFailure(guard.fail(msg) if guard is not None else msg)
+    other, what = peer
+    here = f"rank {rank} stops in {where} (waiting for {what})"
+    msg = f"rank {rank} lost rank {other} in {where} (waiting for {what}): {detail}"
+    if guard is None:
+        return RankFailure(msg)
+    cause = guard.posted(within=2.0) or guard.fail(msg)
+    guard.stand_down()
+    return RankFailure(cause if cause == msg else f"{here}: {cause}")
