@@ -180,9 +180,15 @@ INJECTED = {
     "test_a_frozen_rank_is_named_as_stuck_not_as_a_cycle[2]": 1,
     "test_a_model_too_large_gives_one_line_per_rank": 1,  # --seq 10**12
     "test_a_killed_launcher_leaves_one_line_per_rank_and_no_cpp_stacks": 1,  # SIGKILL
+    # an optional dependency missing (tests/cli/test_missing_extras.py): one line, exit 1
+    **{f"test_a_missing_dependency_is_one_line_naming_the_extra[{k}]": 1 for k in (
+        "matplotlib-cli-argv0-plot", "matplotlib-cli-argv1-plot", "torch-cli-argv2-torch",
+        "torch-cli-argv3-torch", "torch-pipeblocks.train-argv4-torch")},
+    "test_the_library_names_the_extra_too": 1,
 }
 FAULT_TESTS = ["tests/reliability/test_faults.py", "tests/reliability/test_checkpoint.py",
-               "tests/reliability/test_manifest.py", "tests/reliability/test_train_faults.py"]
+               "tests/reliability/test_manifest.py", "tests/reliability/test_train_faults.py",
+               "tests/cli/test_missing_extras.py"]
 
 
 def fault_runs() -> str:
