@@ -272,11 +272,17 @@ class Guard:
 
     def root_cause(self, message: str) -> str:
         """After this rank's transport error (``message``): the fault a peer or the launcher
-        posts within 2 s (a rank died), else a frozen rank (before ``message``), else
-        ``message``; posted, and returned."""
+        posts within 2 s (a rank died), else the lost store (the launcher died), else a frozen
+        rank (before ``message``), else ``message``; posted (if the store is there), and
+        returned."""
         cause = self.posted(within=2.0)
         if cause:
             return cause
+        try:
+            self.store.check([FAULT_KEY])
+        except Exception as e:  # the store is gone (the launcher died): that is the cause,
+            # whichever of this rank's threads meets it first (the watchdog says the same)
+            return f"lost the rendezvous store ({type(e).__name__}: {e})"
         try:
             frozen = self.frozen()
         except Exception:  # the store is gone: say what this rank saw
@@ -349,6 +355,6 @@ def pass_failure(rank: int, guard: Guard | None, where: str, e: Exception,
     msg = f"rank {rank} lost rank {other} in {where} (waiting for {what}): {detail}"
     if guard is None:
         return RankFailure(msg)
-    cause = guard.posted(within=2.0) or guard.fail(msg)
+    cause = guard.root_cause(msg)  # a posted fault, a frozen rank, a lost store, or msg
     guard.stand_down()
     return RankFailure(cause if cause == msg else f"{here}: {cause}")

@@ -92,8 +92,10 @@ class TrainPlan:
 
     def data_options(self) -> dict[str, Any]:
         """What changes the data or the math beside the model: stored in each checkpoint's
-        manifest, and a resume must match it (see :data:`DATA_OPTIONS`)."""
-        return {"seed": self.options.seed, "batch": self.batch_size, "lr": self.options.lr}
+        manifest, and a resume must match it (see :data:`DATA_OPTIONS`). The batch is the
+        global one: a resume on another data-parallel degree keeps it, not the replica's."""
+        return {"seed": self.options.seed, "batch": self.global_batch_size,
+                "lr": self.options.lr}
 
     @property
     def batch_size(self) -> int:

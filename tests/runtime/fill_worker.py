@@ -125,6 +125,7 @@ def main() -> int:
     if rank == 0:
         with open(path, "w") as f:
             json.dump(got, f)
+    dist.barrier()  # no rank leaves (closing its gloo pairs) while another is still in a collective
     dist.destroy_process_group()
     return 0
 
