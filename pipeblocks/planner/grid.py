@@ -50,6 +50,7 @@ SHARDINGS = ("none", "zero1", "fsdp")
 WEIGHT, GRAD, OPTIM = 2.0, 4.0, 12.0
 
 Progress = Callable[[int, int], None]
+_FBW = tuple[float, float, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,44 +138,63 @@ class _Evaluator:
         self.model, self.cluster, self.batch = model, cluster, global_batch
         self.cache = PipelineCache()
 
-    def layer_times(self, sh: _Shape) -> tuple[float, float, float, float, float]:
-        """Seconds of one layer's F, B, W, the head's F (= B = W) and one transfer."""
+    def layer_times(self, sh: _Shape) -> tuple[_FBW, _FBW, _FBW, float]:
+        """Seconds of one layer's, the head's and the embedding's F, B, W; one transfer's."""
         md, cl, net = self.model, self.cluster, self.cluster.network
         tokens = sh.mbs * md.seq
-        rate = cl.flops * cl.efficiency(2.0 * tokens * md.hidden * md.f / sh.tp)
-        f, b, w = (x / sh.tp / rate for x in md.layer_flops(tokens))
+        eff = cl.efficiency(2.0 * tokens * md.hidden * md.f / sh.tp)
+        rate = cl.flops * eff
+        if md.measured is None:
+            f, b, w = (x / sh.tp / rate for x in md.layer_flops(tokens))
+            head = (md.head_flops(tokens) / sh.tp / rate,) * 3
+            emb = (0.0, 0.0, 0.0)
+        else:  # measured at (b0, t = 1): scaled by the FLOPs model's ratio
+            ms = md.measured
+            at_b0 = cl.efficiency(2.0 * ms.microbatch_size * md.seq * md.hidden * md.f)
+            r = sh.mbs / ms.microbatch_size / sh.tp * at_b0 / eff
+            f, b, w = (x * r for x in ms.layer[:3])
+            head = (ms.head[0] * r, ms.head[1] * r, ms.head[2] * r)
+            emb = (ms.embedding[0] * r, ms.embedding[1] * r, ms.embedding[2] * r)
         act_bytes = float(md.act_bytes * tokens * md.hidden)  # one activation or gradient
         if sh.tp > 1:
             tp_comm = 2 * net.all_reduce(act_bytes, sh.tp)
             f, b = f + tp_comm, b + tp_comm
         if sh.recompute:
             b += f
-        head = md.head_flops(tokens) / sh.tp / rate
         link = net.link(sh.pp, sh.tp * sh.dp)
         comm = link.latency + act_bytes / sh.tp / link.bandwidth if sh.pp > 1 else 0.0
-        return f, b, w, head, comm
+        return (f, b, w), head, emb, comm
 
     def stage_costs(self, name: str, sh: _Shape) -> tuple[StageCosts, float, tuple[int, ...]]:
         """Per-stage costs in layer units, the layer unit in seconds, the layers per stage."""
-        f, b, w, head, comm = self.layer_times(sh)
+        (f, b, w), head, emb, comm = self.layer_times(sh)
         unit = f + b + w
         v, place = layout_of(name)
         num_stages = sh.pp * v
-        h = round2(head / unit)
+        hd = [round2(x / unit) for x in head]
+        em = [round2(x / unit) for x in emb]
+        extra = {num_stages - 1: sum(hd)}
+        extra[0] = extra.get(0, 0.0) + sum(em)
         counts = partition(self.model.layers, sh.pp, stages_per_rank=v, placement=place,
-                           layer=1.0, extra={num_stages - 1: 3 * h})
+                           layer=1.0, extra=extra)
         rf, rb = round(f / unit, 2), round(b / unit, 2)
         rw = round(1.0 - rf - rb, 2)
-        mf, mw = self.model.layer_activation(1.0, recompute=sh.recompute)
-        hf, hw = self.model.head_activation(1.0)
+        md = self.model
+        mf, mw = md.layer_activation(1.0, recompute=sh.recompute)
+        hf, hw = md.head_activation(1.0)
+        ef, ew = md.embedding_activation(1.0)
         last = [0.0] * (num_stages - 1) + [1.0]
+        first = [1.0] + [0.0] * (num_stages - 1)
+
+        def per_stage(r: float, h: float, e: float) -> tuple[float, ...]:
+            return tuple(n * r + z * h + a * e
+                         for n, z, a in zip(counts, last, first, strict=True))
+
         costs = StageCosts(
-            f=tuple(n * rf + e * h for n, e in zip(counts, last, strict=True)),
-            b=tuple(n * rb + e * h for n, e in zip(counts, last, strict=True)),
-            w=tuple(n * rw + e * h for n, e in zip(counts, last, strict=True)),
-            mem_f=tuple(n + e * round2(hf / mf) for n, e in zip(counts, last, strict=True)),
-            mem_w=tuple(n * round2(mw / mf) + e * round2(hw / mf)
-                        for n, e in zip(counts, last, strict=True)),
+            f=per_stage(rf, hd[0], em[0]), b=per_stage(rb, hd[1], em[1]),
+            w=per_stage(rw, hd[2], em[2]),
+            mem_f=per_stage(1.0, round2(hf / mf), round2(ef / mf)),
+            mem_w=per_stage(round2(mw / mf), round2(hw / mf), round2(ew / mf)),
             comm=round2(comm / unit) if comm else 0.0,
         )
         return costs, unit, counts

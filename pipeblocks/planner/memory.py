@@ -2,7 +2,8 @@
 
 A rank's activation peak depends only on the order of its own passes, not on their times, so
 it is the simulator's peak with any times and the model's per-stage bytes
-(:mod:`pipeblocks.planner.model`): the embedding and the head are counted on their stages.
+(:mod:`pipeblocks.planner.model`, or a profile's measured bytes,
+:mod:`pipeblocks.planner.measured`): the embedding and the head are counted on their stages.
 ``release_at_b`` says whether B frees what only it needed (mem_f - mem_w) as the papers assume;
 pipeblocks' executor keeps a microbatch's graph until its W, so it is False for its runs.
 
@@ -35,9 +36,12 @@ def stage_activations(
     """(mem_f, mem_w) bytes per stage for ``tokens`` = s * b tokens a microbatch."""
     lf, lw = model.layer_activation(tokens, recompute=recompute)
     hf, hw = model.head_activation(tokens)
+    ef, ew = model.embedding_activation(tokens)
     last = len(layers_per_stage) - 1
-    mem_f = [n * lf + (hf if s == last else 0.0) for s, n in enumerate(layers_per_stage)]
-    mem_w = [n * lw + (hw if s == last else 0.0) for s, n in enumerate(layers_per_stage)]
+    mem_f = [n * lf + (hf if s == last else 0.0) + (ef if s == 0 else 0.0)
+             for s, n in enumerate(layers_per_stage)]
+    mem_w = [n * lw + (hw if s == last else 0.0) + (ew if s == 0 else 0.0)
+             for s, n in enumerate(layers_per_stage)]
     if not release_at_b:
         mem_w = mem_f
     return tuple(x / tp for x in mem_f), tuple(x / tp for x in mem_w)

@@ -34,9 +34,11 @@ sequence parallelism, so every activation is split t ways):
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 
 from pipeblocks.errors import SpecError
+from pipeblocks.planner.measured import Measured
 
 __all__ = ["ModelSpec", "parse_model", "MODEL_KEYS"]
 
@@ -47,7 +49,9 @@ MODEL_KEYS = ("layers", "hidden", "heads", "seq", "vocab", "ffn", "kv_heads", "a
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
     """A GPT-like model; ``ffn`` 0 means 4 * hidden, ``kv_heads`` 0 means ``heads``;
-    ``act_bytes`` per activation element, ``dropout`` and ``flash`` (attention) 0 or 1."""
+    ``act_bytes`` per activation element, ``dropout`` and ``flash`` (attention) 0 or 1;
+    ``measured``: costs from a profile that replace the formulas' activation bytes (and, in
+    the grid, the FLOPs model's times; :mod:`~pipeblocks.planner.measured`)."""
 
     layers: int
     hidden: int
@@ -59,9 +63,12 @@ class ModelSpec:
     act_bytes: int = 2
     dropout: int = 1
     flash: int = 0
+    measured: Measured | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
+            if f.name == "measured":
+                continue
             v = getattr(self, f.name)
             low = 0 if f.name in ("ffn", "kv_heads", "vocab", "dropout", "flash") else 1
             if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= 2**40:
@@ -116,6 +123,8 @@ class ModelSpec:
         h, f, k, nb = self.hidden, self.f, self.kv_ratio, self.act_bytes
         if recompute:
             return tokens * h * nb, tokens * h * nb
+        if self.measured is not None:
+            return self._scaled(self.measured.layer, tokens)
         width = (2 + 1 + (1 + 2 * k) + 1 + 1) * h + 2 * f  # elements a token
         masks = 2 * h if self.dropout else 0  # one byte each, the two residual dropouts
         if self.flash:
@@ -126,8 +135,21 @@ class ModelSpec:
 
     def head_activation(self, tokens: float) -> tuple[float, float]:
         """(mem_f, mem_w) bytes of the output layer: fp32 logits and its inputs; its inputs."""
+        if self.measured is not None:
+            return self._scaled(self.measured.head, tokens)
         held = 2.0 * tokens * self.hidden * self.act_bytes  # final norm's input, product's
         return 4.0 * tokens * self.vocab + held, held
+
+    def embedding_activation(self, tokens: float) -> tuple[float, float]:
+        """(mem_f, mem_w) bytes of the embedding: measured, else 0 (token ids only)."""
+        if self.measured is not None:
+            return self._scaled(self.measured.embedding, tokens)
+        return 0.0, 0.0
+
+    def _scaled(self, q: tuple[float, ...], tokens: float) -> tuple[float, float]:
+        assert self.measured is not None
+        r = tokens / (self.measured.microbatch_size * self.seq)
+        return q[3] * r, q[4] * r
 
     def flops_per_sequence(self) -> float:
         """Model FLOPs of one sequence's F + B + W (no recomputation): what MFU counts."""
@@ -136,7 +158,13 @@ class ModelSpec:
 
 
 def parse_model(text: str) -> ModelSpec:
-    """``layers=L,hidden=H,heads=A,seq=S,vocab=V[,ffn=F,kv_heads=K]`` as a :class:`ModelSpec`."""
+    """``layers=L,hidden=H,heads=A,seq=S,vocab=V[,ffn=F,kv_heads=K]`` as a :class:`ModelSpec`,
+    or the path of a model file with measured costs (:mod:`~pipeblocks.planner.measured`)."""
+    if "=" not in text and (text.endswith(".json") or os.path.isfile(text)):
+        from pipeblocks.planner.measured import load_model_file
+
+        spec: ModelSpec = load_model_file(text)
+        return spec
     values: dict[str, int] = {}
     for item in filter(None, (x.strip() for x in text.split(","))):
         key, sep, raw = item.partition("=")
