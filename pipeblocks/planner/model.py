@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
+from typing import Any
 
 from pipeblocks.errors import SpecError
 from pipeblocks.planner.measured import Measured
@@ -165,7 +166,7 @@ def parse_model(text: str) -> ModelSpec:
 
         spec: ModelSpec = load_model_file(text)
         return spec
-    values: dict[str, int] = {}
+    values: dict[str, Any] = {}
     for item in filter(None, (x.strip() for x in text.split(","))):
         key, sep, raw = item.partition("=")
         if not sep or key not in MODEL_KEYS:
