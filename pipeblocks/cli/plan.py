@@ -3,6 +3,7 @@ for a model on a cluster (``pipeblocks plan``; docs/planner.md).
 
     $ pipeblocks plan --model layers=24,hidden=2048,heads=16,seq=2048,vocab=50304 \\
           --gpus 8 --global-batch 64 --top 5
+    $ pipeblocks plan --model model.json --gpus 4 --global-batch 32   # from a profile
 """
 
 from __future__ import annotations
@@ -45,9 +46,12 @@ def _names(text: str) -> tuple[str, ...]:
 def register(sub: Any) -> None:
     p = sub.add_parser("plan", help="rank parallel layouts, microbatching and schedules",
                        description=__doc__.split("\n\n")[0], epilog="See docs/planner.md.")
-    p.add_argument("--model", required=True, metavar="layers=L,hidden=H,heads=A,seq=S,vocab=V",
+    p.add_argument("--model", required=True,
+                   metavar="layers=L,hidden=H,heads=A,seq=S,vocab=V | FILE.json",
                    help="transformer numbers; optional ffn=F (default 4H), kv_heads=K "
-                   "(default A), act_bytes=N (2), dropout=0|1 (1), flash=0|1 (0)")
+                   "(default A), act_bytes=N (2), dropout=0|1 (1), flash=0|1 (0); or a model "
+                   "file whose profile (a `pipeblocks profile -o` costs file) gives measured "
+                   "per-layer times and bytes (docs/planner.md)")
     p.add_argument("--gpus", type=positive_int, required=True, help="GPUs in all")
     p.add_argument("--gpus-per-node", type=positive_int, default=8, help="default 8")
     p.add_argument("--gpu-memory", type=parse_bytes, default=80e9, metavar="SIZE",

@@ -1,7 +1,8 @@
 """The planner: the best dp x tp x pp layout, microbatching, memory plan and schedule.
 
 Modules: :mod:`~pipeblocks.planner.model` (parameters, FLOPs and activation bytes),
-:mod:`~.cluster` (GPUs, efficiency curve, links), :mod:`~.partition` (layers to stages),
+:mod:`~.measured` (a profile's measured costs as the model), :mod:`~.cluster` (GPUs,
+efficiency curve, links), :mod:`~.partition` (layers to stages),
 :mod:`~.pipeline` (cached simulations), :mod:`~.grid` (time and memory of every plan),
 :mod:`~.memory` (activation peaks per rank), :mod:`~.report` (table, JSON, export),
 :mod:`~.run` (``--run``: train the best plan here). See docs/planner.md.
@@ -21,6 +22,7 @@ from pipeblocks.checks import expect
 from pipeblocks.errors import SpecError
 from pipeblocks.planner.cluster import Cluster, parse_bytes
 from pipeblocks.planner.grid import PLAN_SCHEDULES, SHARDINGS, Plan, Progress, Space, evaluate
+from pipeblocks.planner.measured import read_model
 from pipeblocks.planner.model import ModelSpec, parse_model
 from pipeblocks.planner.partition import partition
 
@@ -59,15 +61,15 @@ def plan(
     space: Space | None = None,
     progress: Progress | None = None,
 ) -> PlanResult:
-    """Rank every plan of ``space`` for ``model`` (a :class:`ModelSpec` or its
-    ``layers=..,hidden=..`` text) on ``cluster`` (or ``Cluster(gpus)``) at ``global_batch``
+    """Rank every plan of ``space`` for ``model`` (a :class:`ModelSpec`, its
+    ``layers=..,hidden=..`` text or the path of a model file with a profile) on ``cluster`` (or ``Cluster(gpus)``) at ``global_batch``
     sequences per step."""
     expect("plan", "model", model, (ModelSpec, str))
     expect("plan", "gpus", gpus, int, none=True)
     expect("plan", "global_batch", global_batch, int)
     expect("plan", "cluster", cluster, Cluster, none=True)
     expect("plan", "space", space, Space, none=True)
-    spec = parse_model(model) if isinstance(model, str) else model
+    spec = read_model(model) if isinstance(model, str) else model
     if cluster is None:
         if gpus is None:
             raise SpecError("plan() needs gpus=N or cluster=Cluster(...); give one of them")

@@ -42,15 +42,17 @@ come from the model numbers.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from pipeblocks.errors import FormatError, SpecError
+from pipeblocks.planner.model import ModelSpec, parse_model
 from pipeblocks.sim.costs_file import PerStageCosts, parse_costs
 
-__all__ = ["Measured", "measured_from_costs", "load_model_file", "TIME_UNITS"]
+__all__ = ["Measured", "measured_from_costs", "load_model_file", "read_model", "TIME_UNITS"]
 
 TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 _KEYS = ("model", "microbatch_size", "layers_per_stage", "costs")
@@ -117,11 +119,16 @@ def _positive_int(where: str, name: str, value: Any) -> int:
     return value
 
 
-def load_model_file(path: str | Path) -> Any:
+def read_model(text: str) -> ModelSpec:
+    """``--model``: the ``layers=..,hidden=..`` text, or the path of a model file."""
+    if "=" not in text and (text.endswith(".json") or os.path.isfile(text)):
+        return load_model_file(text)
+    return parse_model(text)
+
+
+def load_model_file(path: str | Path) -> ModelSpec:
     """The :class:`~pipeblocks.planner.model.ModelSpec` a model file describes, with its
     measurements (see the module docs for the format)."""
-    from pipeblocks.planner.model import parse_model  # model.py imports this module
-
     where = str(path)
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8-sig"))

@@ -34,12 +34,13 @@ sequence parallelism, so every activation is split t ways):
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeblocks.errors import SpecError
-from pipeblocks.planner.measured import Measured
+
+if TYPE_CHECKING:
+    from pipeblocks.planner.measured import Measured
 
 __all__ = ["ModelSpec", "parse_model", "MODEL_KEYS"]
 
@@ -159,13 +160,8 @@ class ModelSpec:
 
 
 def parse_model(text: str) -> ModelSpec:
-    """``layers=L,hidden=H,heads=A,seq=S,vocab=V[,ffn=F,kv_heads=K]`` as a :class:`ModelSpec`,
-    or the path of a model file with measured costs (:mod:`~pipeblocks.planner.measured`)."""
-    if "=" not in text and (text.endswith(".json") or os.path.isfile(text)):
-        from pipeblocks.planner.measured import load_model_file
-
-        spec: ModelSpec = load_model_file(text)
-        return spec
+    """``layers=L,hidden=H,heads=A,seq=S,vocab=V[,ffn=F,kv_heads=K]`` as a :class:`ModelSpec`
+    (a model file with measured costs: :func:`pipeblocks.planner.measured.read_model`)."""
     values: dict[str, Any] = {}
     for item in filter(None, (x.strip() for x in text.split(","))):
         key, sep, raw = item.partition("=")

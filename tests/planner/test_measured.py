@@ -12,9 +12,8 @@ import pipeblocks as pb
 from pipeblocks.cli.main import main as cli
 from pipeblocks.errors import FormatError, SpecError
 from pipeblocks.planner import Cluster, Space
-from pipeblocks.planner.measured import load_model_file, measured_from_costs
+from pipeblocks.planner.measured import load_model_file, measured_from_costs, read_model
 from pipeblocks.planner.memory import activation_peaks
-from pipeblocks.planner.model import parse_model
 from pipeblocks.sim.collectives import Link
 
 TINY = "layers=8,hidden=64,heads=4,seq=32,vocab=256,act_bytes=4,dropout=0,flash=1"
@@ -69,7 +68,7 @@ def test_measured_times_replace_the_flops_model(tmp_path: Path) -> None:
     assert p.layers_per_stage == (2, 2, 2, 2) and p.num_microbatches == 8
     assert p.step_time_s == pytest.approx((8 + 4 - 1) * 2 * 4e-3, rel=1e-6)
     # at twice the microbatch, the FLOPs model's ratio: 2 x eff(b0) / eff(2 b0)
-    md, cl = parse_model(path), Cluster(gpus=4)
+    md, cl = read_model(path), Cluster(gpus=4)
     eff = [cl.efficiency(2.0 * b * md.seq * md.hidden * md.f) for b in (2, 4)]
     p4 = _plan(path, 4)
     assert p4.step_time_s == pytest.approx((4 + 4 - 1) * 2 * 4e-3 * 2 * eff[0] / eff[1],
@@ -89,7 +88,7 @@ def test_measured_bytes_give_each_ranks_peak(tmp_path: Path) -> None:
     """1F1B keeps p - r microbatches on rank r (graph held until W): peak = (p - r) mem_f."""
     costs = _costs((1.0, 1.0, 2.0, 1000.0, 400.0), (0.0, 0.0, 0.0, 64.0, 0.0),
                    (1.0, 1.0, 1.0, 3000.0, 200.0), (1, 1, 1))
-    md = parse_model(_write(tmp_path, costs))
+    md = read_model(_write(tmp_path, costs))
     stage = [2 * 1000.0 + 64.0, 2000.0, 2000.0, 2000.0 + 3000.0]  # layers 2,2,2,2 at b0 = 2
     got = activation_peaks(md, "1f1b", 4, 8, 2, release_at_b=False)
     assert got == pytest.approx([(4 - r) * stage[r] for r in range(4)])
