@@ -8,9 +8,10 @@ transformer layer achieves as a saturating curve of the work of its largest prod
     efficiency(x) = peak_efficiency * x / (x + half_work)
 
 ``peak_efficiency`` = 0.74 and ``half_work`` = 3e10 FLOPs by default: the pair on a coarse grid
-that best fits the MFU Megatron-LM published for its 22B..1T GPT models on A100s (Korthikanti
-et al. 2022; `benchmarks/bench_planner.py`, docs/planner.md has the comparison and a held-out
-check). Pass your own, from a profile of your GPUs, when you have them.
+that best fitted the MFU Megatron-LM published for its 22B..1T GPT models on A100s (Korthikanti
+et al. 2022) on an earlier version of the time model (`docs/make_planner_table.py` shows the
+fit now, docs/planner.md the comparison and a held-out check). Pass your own, or a profile of
+your GPUs (:mod:`~pipeblocks.planner.measured`), when you have them.
 
 Default links are achieved (not nominal) figures for an 8-GPU A100/H100 node: 200 GB/s and
 5 us inside a node (NVLink/NVSwitch bus bandwidth), 20 GB/s and 10 us across nodes (one
