@@ -89,22 +89,91 @@ class FSDPSimulation:
 
 
 class _Rank:
-    """One rank's FSDP2 state while its program runs."""
+    """One rank's FSDP2 state while its program runs (bytes ``per`` stage, op times)."""
 
-    def __init__(self, sizes: dict[int, float], dp: int, raf: bool) -> None:
-        self.sizes, self.dp, self.raf = sizes, dp, raf
-        self.held = sum(p / dp for p in sizes.values())
+    def __init__(self, r: int, stages: Sequence[int], per: Sequence[float],
+                 times: tuple[Sequence[float], Sequence[float]], dp: int, raf: bool) -> None:
+        self.r, self.per, self.dp, self.raf = r, per, dp, raf
+        self.gather, self.scatter = times
+        self.held = sum(per[s] / dp for s in stages)
         self.trace: list[tuple[float, float]] = [(0.0, self.held)]
         self.peak = self.held
         self.gathered: set[int] = set()
         self.pending: dict[int, float] = {}  # stage -> end of its async all-gather
-        self.acc: set[int] = set()
+        self.acc: set[int] = set()  # stages holding unsharded gradients
         self.free = self.comm = 0.0
+        self.spans: list[FSDPSpan] = []
+        self.comms: list[CommEvent] = []
 
     def add(self, t: float, nbytes: float) -> None:
         self.held += nbytes
         self.trace.append((t, self.held))
         self.peak = max(self.peak, self.held)
+
+    def collective(self, op: Collective) -> None:
+        """An op, issued when the rank reaches it (its previous pass ended)."""
+        s, t, per = op.stage, self.free, self.per
+        if op.kind is CollectiveKind.RESHARD:
+            if s in self.gathered:
+                self.gathered.discard(s)
+                self.add(t, -per[s])
+            self.comms.append(CommEvent(self.r, "reshard", s, t, t))
+            return
+        start = max(self.comm, t)
+        if op.kind is CollectiveKind.UNSHARD:
+            self.comm = self.pending[s] = start + self.gather[s]
+            if s not in self.gathered:
+                self.gathered.add(s)
+                self.add(t, per[s])
+        else:
+            self.comm = start + self.scatter[s]
+            if s in self.acc:
+                self.acc.discard(s)
+                self.add(t, per[s] / self.dp - per[s])
+        self.comms.append(CommEvent(self.r, op.kind.value, s, start, self.comm))
+
+    def run(self, a: Action, ready: float, duration: float) -> float:
+        """A pass whose inputs are ready at ``ready``; its end."""
+        s, kind, per = a.stage, a.kind, self.per
+        if kind is Pass.W:  # FSDP2: B ran the fused backward
+            self.spans.append(FSDPSpan(a, ready, ready))
+            self.free = ready
+            return ready
+        ready = max(ready, self.pending.pop(s, 0.0))
+        g = 0.0
+        if s not in self.gathered:  # resharded: a blocking all-gather first
+            g = self.gather[s]
+            self.gathered.add(s)
+            self.add(ready, per[s])
+        end = ready + g + duration
+        if kind is not Pass.F and s not in self.acc:
+            self.acc.add(s)
+            self.add(ready, per[s])  # the unsharded gradients, accumulated into in place
+        if kind is not Pass.F or self.raf:
+            self.gathered.discard(s)
+            self.add(end, -per[s])
+        self.spans.append(FSDPSpan(a, ready, end, g))
+        self.free = end
+        return end
+
+
+def _ops_around(programs: Sequence[Sequence[object]]
+                ) -> tuple[list[list[list[Collective]]], list[list[Collective]]]:
+    """Per rank: the collectives just before each action, and those after the last one."""
+    before: list[list[list[Collective]]] = []
+    after: list[list[Collective]] = []
+    for prog in programs:
+        mine: list[list[Collective]] = []
+        run: list[Collective] = []
+        for op in prog:
+            if isinstance(op, Collective):
+                run.append(op)
+            elif isinstance(op, Action):
+                mine.append(run)
+                run = []
+        before.append(mine)
+        after.append(run)
+    return before, after
 
 
 def simulate_fsdp(
@@ -125,90 +194,32 @@ def simulate_fsdp(
                         f"{spec.num_stages}; give one number per stage, or one for all")
     tab = tables(spec, costs)
     stride = spec.num_ranks * tp
-    gather = [network.all_gather(b, size=dp, stride=stride) / seconds_per_unit for b in per]
-    scatter = [network.reduce_scatter(b, size=dp, stride=stride) / seconds_per_unit
-               for b in per]
-    low = with_data_parallel(lower(schedule), DPMode.FSDP)
-    before: list[list[list[Collective]]] = []  # per rank, per action: the ops just before it
-    after: list[list[Collective]] = []  # per rank: the ops after its last action
-    for prog in low.programs:
-        mine: list[list[Collective]] = []
-        run: list[Collective] = []
-        for op in prog:
-            if isinstance(op, Collective):
-                run.append(op)
-            elif isinstance(op, Action):
-                mine.append(run)
-                run = []
-        before.append(mine)
-        after.append(run)
-    ranks = [_Rank({s: per[s] for s in spec.stages_of(r)}, dp, reshard_after_forward)
+    times = ([network.all_gather(b, size=dp, stride=stride) / seconds_per_unit for b in per],
+             [network.reduce_scatter(b, size=dp, stride=stride) / seconds_per_unit
+              for b in per])
+    before, after = _ops_around(with_data_parallel(lower(schedule), DPMode.FSDP).programs)
+    ranks = [_Rank(r, spec.stages_of(r), per, times, dp, reshard_after_forward)
              for r in range(spec.num_ranks)]
     ends: dict[Action, float] = {}
-    spans: list[list[FSDPSpan]] = [[] for _ in ranks]
-    comms: list[list[CommEvent]] = [[] for _ in ranks]
-
-    def ops(r: int, todo: list[Collective]) -> None:
-        st = ranks[r]
-        for op in todo:
-            s, t = op.stage, st.free
-            if op.kind is CollectiveKind.UNSHARD:
-                start = max(st.comm, t)
-                st.comm = start + gather[s]
-                st.pending[s] = st.comm
-                if s not in st.gathered:
-                    st.gathered.add(s)
-                    st.add(t, per[s])
-                comms[r].append(CommEvent(r, "unshard", s, start, st.comm))
-            elif op.kind is CollectiveKind.REDUCE_GRAD:
-                start = max(st.comm, t)
-                st.comm = start + scatter[s]
-                if s in st.acc:
-                    st.acc.discard(s)
-                    st.add(t, per[s] / dp - per[s])
-                comms[r].append(CommEvent(r, "reduce_grad", s, start, st.comm))
-            else:
-                if s in st.gathered:
-                    st.gathered.discard(s)
-                    st.add(t, -per[s])
-                comms[r].append(CommEvent(r, "reshard", s, t, t))
 
     def visit(r: int, pos: int, a: Action, deps: tuple[tuple[int, Action], ...]) -> None:
         st = ranks[r]
-        ops(r, before[r][pos])
-        s, kind = a.stage, a.kind
-        ready = st.free
-        for dr, k in deps:
+        for op in before[r][pos]:
+            st.collective(op)
+        s, ready = a.stage, st.free
+        for dr, k in deps:  # plus the transfer when the dependency ran on another rank
             extra = 0.0 if dr == r else (tab.comm_act[s] if k.kind is Pass.F
                                          else tab.comm_grad[s])
             ready = max(ready, ends[k] + extra)
-        if kind is Pass.W:  # FSDP2: B ran the fused backward
-            spans[r].append(FSDPSpan(a, ready, ready))
-            st.free = ready
-            ends[a] = ready
-            return
-        ready = max(ready, st.pending.pop(s, 0.0))
-        g = 0.0
-        if s not in st.gathered:  # resharded: a blocking all-gather first
-            g = gather[s]
-            st.gathered.add(s)
-            st.add(ready, per[s])
-        dur = tab.f[s] if kind is Pass.F else tab.b[s] + tab.w[s]
-        end = ready + g + dur
-        if kind is not Pass.F and s not in st.acc:
-            st.acc.add(s)
-            st.add(ready, per[s])  # the unsharded gradients, accumulated into in place
-        if kind is not Pass.F or st.raf:
-            st.gathered.discard(s)
-            st.add(end, -per[s])
-        spans[r].append(FSDPSpan(a, ready, end, g))
-        st.free = end
-        ends[Action(s, Pass.B, a.mb) if kind is Pass.BW else a] = end
+        dur = tab.f[s] if a.kind is Pass.F else tab.b[s] + tab.w[s]
+        ends[Action(s, Pass.B, a.mb) if a.kind is Pass.BW else a] = st.run(a, ready, dur)
 
     walk(schedule, visit)
-    for r in range(len(ranks)):
-        ops(r, after[r])
-    makespan = max([st.free for st in ranks] + [c.end for cs in comms for c in cs])
-    return FSDPSimulation(tuple(map(tuple, spans)), tuple(map(tuple, comms)),
+    for st, ops in zip(ranks, after, strict=True):
+        for op in ops:
+            st.collective(op)
+    makespan = max([st.free for st in ranks] + [c.end for st in ranks for c in st.comms])
+    return FSDPSimulation(tuple(tuple(st.spans) for st in ranks),
+                          tuple(tuple(st.comms) for st in ranks),
                           tuple(tuple(st.trace) for st in ranks),
                           tuple(st.peak for st in ranks), makespan)
