@@ -1,15 +1,15 @@
 """One rank of the FSDP2 / DDP completion tests (started by pipeblocks.runtime.launch.launch).
 
-``python fsdp_worker.py MODE OUT SCHEDULE DPMODE [RAF]`` on dp 2 x pp 2 (4 ranks); rank 0
-writes what the test checks to OUT (JSON):
+``python fsdp_worker.py MODE OUT SCHEDULE DPMODE [raf|no-raf [PP]]`` on dp 2 x pp PP (default
+2) ranks; rank 0 writes what the test checks to OUT (JSON):
 
 - ``memory``: two steps under FSDP2; every rank samples its live parameter + gradient bytes
   (see :func:`live_bytes`) after FSDP's pre-forward (a forward pre-hook registered after
   ``fully_shard``), at every post-accumulate-grad hook of the unsharded parameters (inside the
   backward, the gradients just made), and after each unshard/reduce_grad/reshard op; the peak
   of the second step per rank, and each stage's parameter bytes.
-- ``clip``: one step (no optimizer), ``clip_grad_norm_(CLIP)``; the norm and every gradient,
-  whole (an FSDP2 shard gathered), by global name.
+- ``clip``: one step (no optimizer); every gradient, whole (an FSDP2 shard gathered), by
+  global name, then ``clip_grad_norm_(CLIP)``: the norm and every gradient again.
 - ``ties``: as ``clip`` but the head's weight tied to the embedding's (split finds the tie).
 """
 
@@ -77,12 +77,13 @@ def live_bytes(reducer: FSDPReducer) -> int:
 def main() -> int:
     mode, out, name, dp_mode = sys.argv[1:5]
     raf = len(sys.argv) < 6 or sys.argv[5] != "no-raf"
+    pp = int(sys.argv[6]) if len(sys.argv) > 6 else PP
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
-    mesh = Mesh(DP, PP)
+    mesh = Mesh(DP, pp)
     groups = mesh_groups(mesh)
     d, i, _ = groups.coords
-    schedule = generate(name, num_ranks=PP, num_microbatches=M)
+    schedule = generate(name, num_ranks=pp, num_microbatches=M)
     spec = schedule.spec
     whole = model(mode == "ties")
     parts = split(whole, spec.num_stages, ends_layout(4, spec.num_stages))
@@ -116,18 +117,9 @@ def main() -> int:
     if mode == "memory":
         result = {"peak": peaks[-1], "sizes": sizes}
     else:
+        result["grads"] = _whole_grads(mine, by_name)
         result["norm"] = ex.clip_grad_norm_(CLIP)
-        grads = {}
-        for s, m in mine.items():
-            for p in m.parameters():
-                if p.grad is not None:
-                    g = p.grad
-                    g = g.full_tensor() if hasattr(g, "full_tensor") else g
-                    key = by_name[s].get(id(p))
-                    if key is None:  # FSDP2 swapped the parameter objects: by position
-                        key = list(by_name[s].values())[list(m.parameters()).index(p)]
-                    grads[key] = g.detach().reshape(-1).tolist()
-        result["grads"] = grads
+        result["clipped"] = _whole_grads(mine, by_name)
     every: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(every, {"rank": dist.get_rank(), "coords": (d, i), **result})
     if dist.get_rank() == 0:
@@ -136,6 +128,20 @@ def main() -> int:
     dist.barrier()
     dist.destroy_process_group()
     return 0
+
+
+def _whole_grads(mine: dict[int, nn.Module], by_name: dict[int, dict[int, str]]
+                 ) -> dict[str, list[float]]:
+    """Every gradient of this rank by global name, whole (an FSDP2 shard gathered)."""
+    grads = {}
+    for s, m in mine.items():
+        names = list(by_name[s].values())  # FSDP2 swaps the parameter objects: by position
+        for k, p in enumerate(m.parameters()):
+            if p.grad is not None:
+                g = p.grad
+                g = g.full_tensor() if hasattr(g, "full_tensor") else g
+                grads[names[k]] = g.detach().reshape(-1).tolist()
+    return grads
 
 
 class _null:

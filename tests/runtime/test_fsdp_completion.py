@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from pipeblocks.generators import generate
+from pipeblocks.models.gpt import lm_loss, synthetic_batch
 from pipeblocks.runtime.launch import launch
 from pipeblocks.sim.collectives import Link, Network
 from pipeblocks.sim.costs import UniformCosts
@@ -23,11 +25,11 @@ import fsdp_worker as fw  # noqa: E402
 NET = Network(gpus_per_node=8, intra=Link(1e9), inter=Link(1e9))
 
 
-def _run(tmp_path: Path, *args: str) -> list[dict]:
+def _run(tmp_path: Path, *args: str, pp: int = fw.PP) -> list[dict]:
     out = tmp_path / "out.json"
     res = launch([sys.executable, str(HERE / "fsdp_worker.py"), args[0], str(out), *args[1:]],
-                 fw.DP * fw.PP, deadline=300)
-    assert res.fault == "" and res.codes == (0,) * 4, res
+                 fw.DP * pp, deadline=300)
+    assert res.fault == "" and res.codes == (0,) * fw.DP * pp, res
     return list(json.loads(out.read_text()))
 
 
@@ -49,3 +51,36 @@ def test_fsdp_parameter_memory_at_the_peak_is_the_simulators(name: str, raf: str
     for row in rows:
         want = sim.peak_bytes[row["coords"][1]]
         assert row["peak"] == pytest.approx(want, rel=0.05), (row, want)
+
+
+def _reference(tied: bool) -> tuple[dict[str, torch.Tensor], float, dict[str, torch.Tensor]]:
+    """The unpartitioned model on the global batch: gradients, norm, clipped gradients."""
+    model = fw.model(tied)
+    tokens, targets = synthetic_batch(fw.config(), fw.DP * fw.M * fw.MBS, seed=5, step=0)
+    lm_loss(model(tokens), targets).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), fw.CLIP))
+    return grads, norm, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.parametrize("mode,name,dp_mode,pp", [
+    ("ties", "1f1b", "ddp", 3), ("ties", "1f1b", "fsdp", 3), ("clip", "v-half", "fsdp", 2)])
+def test_clipping_and_ties_across_dp_equal_the_unpartitioned_model(
+        mode: str, name: str, dp_mode: str, pp: int, tmp_path: Path) -> None:
+    """dp 2 x pp 3 or 2: every gradient (a tied weight's: the sum over the pipeline ranks
+    holding it, ranks 0 and 2 of 3 here, after the dp reduction), the pipeline-wide norm (over
+    the dp shards under FSDP2) and every clipped gradient equal the whole model's on the
+    global batch (<= 1e-5); clipping does clip."""
+    rows = _run(tmp_path, mode, name, dp_mode, "raf", str(pp), pp=pp)
+    grads, norm, clipped = _reference(mode == "ties")
+    assert norm > fw.CLIP * 2  # the clip scales every gradient
+    seen = set()
+    for row in rows:
+        assert row["norm"] == pytest.approx(norm, rel=1e-5)
+        for key, want in (("grads", grads), ("clipped", clipped)):
+            for n, g in row[key].items():
+                assert torch.tensor(g) == pytest.approx(want[n].reshape(-1), abs=1e-5), n
+                seen.add(n)
+    assert seen == set(grads)
