@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from pipeblocks.generators import generate
 from pipeblocks.ir.hybrid import Mesh
