@@ -84,3 +84,34 @@ def test_clipping_and_ties_across_dp_equal_the_unpartitioned_model(
                 assert torch.tensor(g) == pytest.approx(want[n].reshape(-1), abs=1e-5), n
                 seen.add(n)
     assert seen == set(grads)
+
+
+@pytest.mark.distributed
+def test_emulated_fsdp_run_is_simulated_by_simulate_fsdp() -> None:
+    """--emulate-ms with --dp-mode fsdp: the report's simulated step is simulate_fsdp's for the
+    model's stage bytes (all-gathers, re-gathers, fused B, reduce-scatters), longer than the
+    step without collectives, and the run takes about as long."""
+    import argparse
+    import subprocess
+
+    from pipeblocks.cli.train import add_train_args, build_plan
+    from pipeblocks.runtime.emulate_fsdp import simulated_fsdp_ms
+    from pipeblocks.runtime.split import split
+
+    argv = ["--schedule", "1f1b", "--ranks", "4", "--dp", "2", "--dp-mode", "fsdp",
+            "--microbatches", "4", "--steps", "2", "--emulate-ms", "5",
+            "--emulate-bandwidth", "1e7", "--json"]
+    res = subprocess.run([sys.executable, "-m", "pipeblocks", "train", *argv],
+                         cwd=HERE.parents[1], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    r = json.loads(res.stdout.strip().splitlines()[-1])
+    p = argparse.ArgumentParser()
+    add_train_args(p, ranks_required=True)
+    plan = build_plan(p.parse_args(argv))
+    costs = UniformCosts(f=5, b=5, w=5, comm=r["comm_ms"])
+    parts = split(plan.model.build(), 2, plan.layout)
+    want = simulated_fsdp_ms(plan.schedule, costs, parts, dp=2, bandwidth=1e7)
+    assert r["simulated_ms"] == pytest.approx(want)
+    bare = simulate_fsdp(plan.schedule, costs, param_bytes=0.0, dp=2, network=NET).makespan
+    assert want > bare + 5
+    assert r["measured_over_simulated"] > 0.9
