@@ -35,12 +35,13 @@ def _run(tmp_path: Path, *args: str, pp: int = fw.PP) -> list[dict]:
 
 @pytest.mark.distributed
 @pytest.mark.slow
-@pytest.mark.parametrize("name,raf", [("1f1b", "raf"), ("v-half", "raf"),
-                                      ("v-half", "no-raf")])
+@pytest.mark.parametrize("name,raf", [("v-half", "raf"), ("v-half", "no-raf")])
 def test_fsdp_parameter_memory_at_the_peak_is_the_simulators(name: str, raf: str,
                                                             tmp_path: Path) -> None:
     """Each rank's peak of live parameter + gradient storage (sampled inside every pass and
-    after every FSDP op, fsdp_worker.live_bytes) is simulate_fsdp's peak within 5%."""
+    after every FSDP op, fsdp_worker.live_bytes) is simulate_fsdp's peak within 5%. v-half: two
+    stages per rank (a prefetched unshard, one stage's unsharded gradients held while the
+    other runs); 1f1b matched exactly too when this was written (left out: suite time)."""
     rows = _run(tmp_path, "memory", name, "fsdp", raf)
     sizes: dict[int, int] = {}
     for row in rows:
