@@ -58,19 +58,31 @@ def unique_parameters(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
     return list(seen.values())
 
 
+Ref = tuple[nn.Module, str]  # a stage and a parameter name: looked up when used (FSDP2 swaps
+# a stage's registered parameters between the sharded and the unsharded ones)
+
+
 @dataclass(slots=True)
 class _Group:
     ranks: tuple[int, ...]
-    params: list[nn.Parameter]  # this rank's copy of each tie held by exactly these ranks
+    refs: list[Ref]  # this rank's copy of each tie held by exactly these ranks
     handle: Any
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return [m.get_parameter(n) for m, n in self.refs]
 
 
 class TiedGrads:
-    """Sums the gradients of tied copies across ranks (:meth:`reduce`, once per step)."""
+    """Sums the gradients of tied copies across ranks (:meth:`reduce`, once per step).
 
-    def __init__(self, groups: list[_Group], owned: set[int]) -> None:
+    With data parallel (a pipeline group that is not the whole world) each pipeline gets its
+    own subgroups; the sum composes with the dp reduction that ran before it (a sum of dp
+    averages; under FSDP2, of the shards each dp index holds, the same slice on every copy)."""
+
+    def __init__(self, groups: list[_Group], owned: list[Ref]) -> None:
         self.groups = groups
-        self._not_owned = owned  # ids of copies another (lower) rank counts in the norm
+        self._not_owned = owned  # copies another (lower) rank counts in the norm
 
     @staticmethod
     def build(spec: PipelineSpec, rank: int, modules: Mapping[int, nn.Module],
@@ -81,22 +93,30 @@ class TiedGrads:
         ties = _ties(modules, declared)
         if check:
             _check_undeclared(spec, rank, modules, ties, group)
-        by_ranks: dict[tuple[int, ...], list[nn.Parameter]] = {}
-        not_owned: set[int] = set()
+        by_ranks: dict[tuple[int, ...], list[Ref]] = {}
+        not_owned: list[Ref] = []
         for tie in ties:
             ranks = tuple(sorted({spec.rank_of(s) for s, _ in tie}))
             if len(ranks) < 2:
                 continue
-            mine = [_param(modules[s], name, s) for s, name in tie if s in modules]
+            mine = [(modules[s], name) for s, name in tie if s in modules]
+            for s, name in tie:
+                if s in modules:
+                    _param(modules[s], name, s)  # a clear error for a wrong name
             entry = by_ranks.setdefault(ranks, [])
             if mine:
                 entry.append(mine[0])
                 if rank != ranks[0]:
-                    not_owned.add(id(mine[0]))
+                    not_owned.append(mine[0])
         groups = []
-        for ranks, params in sorted(by_ranks.items()):
-            handle = dist.new_group(list(ranks)) if len(ranks) < spec.num_ranks else group
-            groups.append(_Group(ranks, params if rank in ranks else [], handle))
+        pipes = _pipelines(group, spec.num_ranks) if by_ranks else []
+        for ranks, refs in sorted(by_ranks.items()):
+            handle = group
+            if len(ranks) < spec.num_ranks:  # every rank makes every pipeline's subgroup
+                for pipe, mine_ in pipes:
+                    h = dist.new_group([pipe[i] for i in ranks])
+                    handle = h if mine_ else handle
+            groups.append(_Group(ranks, refs if rank in ranks else [], handle))
         return TiedGrads(groups, not_owned)
 
     def reduce(self) -> None:
@@ -104,27 +124,60 @@ class TiedGrads:
         for g in self.groups:
             if not g.params:
                 continue
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in g.params]
-            flat = torch.cat([x.reshape(-1) for x in grads])
+            params = g.params
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            local = [_local(x) for x in grads]  # an FSDP2 gradient: this rank's shard
+            flat = torch.cat([x.reshape(-1) for x in local])
             dist.all_reduce(flat, group=g.handle)
             at = 0
-            for p, x in zip(g.params, grads, strict=True):
-                n = x.numel()
-                p.grad = flat[at: at + n].view_as(p).clone()
+            for p, x, loc in zip(params, grads, local, strict=True):
+                n = loc.numel()
+                with torch.no_grad():
+                    loc.copy_(flat[at: at + n].view_as(loc))
+                p.grad = x
                 at += n
 
     def counted(self, p: nn.Parameter) -> bool:
         """Whether this rank counts ``p`` in the global norm (one rank per tie)."""
-        return id(p) not in self._not_owned
+        return all(p is not m.get_parameter(n) for m, n in self._not_owned)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (the same storage), or the tensor itself."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if to_local is not None else t
+
+
+def _pipelines(group: Any, num_ranks: int) -> list[tuple[tuple[int, ...], bool]]:
+    """Every pipeline's global ranks, in one order on every rank, and whether it is this
+    rank's: the pipeline group is the world or one pipeline of a data-parallel mesh."""
+    world = dist.get_world_size()
+    if group is None or world == num_ranks:
+        return [(tuple(range(num_ranks)), True)]
+    mine = tuple(dist.get_process_group_ranks(group))
+    every: list[Any] = [None] * world
+    dist.all_gather_object(every, mine)  # the whole world: every rank builds its ties
+    return [(pipe, pipe == mine) for pipe in sorted(set(map(tuple, every)))]
 
 
 def clip_grad_norm(params: Sequence[nn.Parameter], max_norm: float, ties: TiedGrads | None,
                    device: torch.device, p2p: Any) -> float:
-    """The global 2-norm of the gradients (summed over ranks), clipped as torch does."""
+    """The global 2-norm of the gradients (summed over ranks), clipped as torch does. An FSDP2
+    gradient (a DTensor sharded over the dp group) adds its shards' squares over that group;
+    DDP gradients are whole and equal on every dp copy, so each pipeline's sum is the total."""
     own = [p.grad for p in params if p.grad is not None and (ties is None or ties.counted(p))]
     sq = torch.zeros((), dtype=torch.float64, device=device)
+    shards: dict[Any, torch.Tensor] = {}  # dp group -> squares of the FSDP2 shards held here
     for g in own:
-        sq += g.detach().double().pow(2).sum()
+        part = _local(g).detach().double().pow(2).sum()
+        if any(pl.is_shard() for pl in getattr(g, "placements", ())):
+            group = g.device_mesh.get_group()  # type: ignore[attr-defined]
+            shards[group] = shards.get(group, torch.zeros_like(sq)) + part
+        else:
+            sq += part
+    for group, part in shards.items():  # the same stages, so the same groups, across dp
+        dist.all_reduce(part, group=group)
+        sq += part
     if p2p is not None:
         dist.all_reduce(sq, group=p2p.group)
     total = math.sqrt(float(sq))

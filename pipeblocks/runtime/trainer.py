@@ -31,6 +31,7 @@ from pipeblocks.errors import PipeblocksError, SpecError
 from pipeblocks.ir.hybrid import Mesh
 from pipeblocks.runtime import checkpoint, fill_train
 from pipeblocks.runtime.emulate import EmulatedStage
+from pipeblocks.runtime.emulate_fsdp import emulated_fsdp, simulated_fsdp_ms
 from pipeblocks.runtime.executor import Executor
 from pipeblocks.runtime.faults import Guard, RankFailure, post_fault, store_client, write_error
 from pipeblocks.runtime.finite import (
@@ -237,6 +238,10 @@ def _executor(plan: TrainPlan, mine: dict[int, nn.Module], device: torch.device,
         runners: dict[int, Any] = {
             s: EmulatedStage(s, spec.num_stages, opts.emulate_ms, shape, device=device)
             for s in mine}
+        if groups is not None and opts.dp_mode == "fsdp":  # runtime/emulate_fsdp.py
+            mesh["reducer"], runners = emulated_fsdp(  # type: ignore[assignment]
+                plan.schedule, mine, opts.emulate_ms, shape, device, dp=groups.mesh.dp,
+                bandwidth=opts.emulate_bandwidth, reshard_after_forward=opts.reshard_after_forward)
         return Executor(plan.schedule, runners, None, None, guard=guard, device=device,
                         **mesh), None
     for mod in mine.values():
@@ -390,7 +395,10 @@ def _emulation(plan: TrainPlan, median_ms: float, comm: float) -> dict[str, Any]
     if plan.options.dp > 1:  # with each stage's all-reduce (what the EmulatedReducer sleeps)
         spec = plan.schedule.spec
         parts = split(plan.model.build(), spec.num_stages, plan.layout)
-        makespan = simulate_data_parallel(
+        makespan = simulated_fsdp_ms(
+            plan.schedule, costs, parts, dp=plan.options.dp, bandwidth=plan.options.
+            emulate_bandwidth, reshard_after_forward=plan.options.reshard_after_forward
+        ) if plan.options.dp_mode == "fsdp" else simulate_data_parallel(
             plan.schedule, costs, grad_bytes=[grad_bytes(m) for m in parts],
             dp=plan.options.dp, network=emulated_network(plan.options.emulate_bandwidth),
             seconds_per_unit=1e-3).makespan
