@@ -28,14 +28,18 @@ def add_tp_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def check_tp(args: argparse.Namespace, plan: Any) -> None:
-    """Refuse --tp where it cannot run, before any process starts: with emulated passes, or
-    on a model whose layers have no plan or whose heads or widths ``tp`` does not divide."""
+    """Refuse --tp where it cannot run, before any process starts: with emulated passes or
+    ``--fill``, or on a model whose layers have no plan or whose heads or widths ``tp`` does
+    not divide."""
     tp = getattr(args, "tp", 1)
     if tp == 1:
         return
     if args.emulate_ms is not None:
         raise SpecError(f"--tp {tp} shards real layers; emulated passes (--emulate-ms) have "
                         f"none: drop --tp or --emulate-ms")
+    if getattr(args, "fill", None) is not None:
+        raise SpecError(f"--fill with --tp {tp} is not built (its passes in the gaps would "
+                        f"make tensor-parallel collectives); drop --fill or --tp")
     from torch import nn
 
     from pipeblocks.runtime.tensor_parallel import planned_layers, plans_of

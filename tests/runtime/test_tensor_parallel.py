@@ -114,12 +114,13 @@ def test_tp_checkpoint_resumes_exactly_and_on_tp1(tmp_path) -> None:
     base = ["--schedule", "1f1b", "--microbatches", "4", "--microbatch-size", "2", "--json",
             "--timeout", "120", *TINY]
     tp2 = [*base, "--ranks", "4", "--tp", "2"]
-    whole = _run([*tp2, "--steps", "4"])[0]["loss"]
-    _run([*tp2, "--steps", "2", "--save", str(tmp_path)])
-    again = _run([*tp2, "--steps", "4", "--resume", str(tmp_path)])[0]["loss"]
-    assert again == pytest.approx(whole[2:], abs=1e-6)
-    tp1 = _run([*base, "--ranks", "2", "--steps", "4", "--resume", str(tmp_path)])[0]
-    assert tp1["tp"] == 1 and tp1["loss"] == pytest.approx(whole[2:], abs=1e-5)
+    # the uninterrupted run saves after steps 2 and 4; the resumes start from step 2's
+    whole = _run([*tp2, "--steps", "4", "--save", str(tmp_path), "--save-every", "2"])[0]
+    at2 = str(tmp_path / "step-00000002")
+    again = _run([*tp2, "--steps", "4", "--resume", at2])[0]["loss"]
+    assert again == pytest.approx(whole["loss"][2:], abs=1e-6)
+    tp1 = _run([*base, "--ranks", "2", "--steps", "4", "--resume", at2])[0]
+    assert tp1["tp"] == 1 and tp1["loss"] == pytest.approx(whole["loss"][2:], abs=1e-5)
 
 
 def test_tp_that_does_not_divide_the_heads_is_refused() -> None:
@@ -130,10 +131,13 @@ def test_tp_that_does_not_divide_the_heads_is_refused() -> None:
 
 
 def test_tp_with_emulated_passes_or_a_bad_mesh_is_refused() -> None:
-    """--tp needs real layers; ranks must be a multiple of dp * tp."""
+    """--tp needs real layers and no fill; ranks must be a multiple of dp * tp."""
     with pytest.raises(SpecError, match="emulated passes"):
         _plan(["--schedule", "1f1b", "--ranks", "4", "--tp", "2", "--microbatches", "4",
                "--emulate-ms", "5"])
+    with pytest.raises(SpecError, match="--fill with --tp 2 is not built"):
+        _plan(["--schedule", "1f1b", "--ranks", "4", "--tp", "2", "--microbatches", "4",
+               "--fill", "eval"])
     with pytest.raises(SpecError, match="divisible by dp \\* tp"):
         _plan(["--schedule", "1f1b", "--ranks", "6", "--dp", "2", "--tp", "2",
                "--microbatches", "4"])
