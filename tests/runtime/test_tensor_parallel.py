@@ -154,3 +154,12 @@ def test_plans_shard_the_gpt_block_and_a_width_that_does_not_divide_is_refused()
     assert planned_layers(mlp, 2, {"Sequential": {"0": "colwise", "1": "rowwise"}}) == 1
     with pytest.raises(SpecError, match=r"Sequential.0 \(6 features\) evenly: --tp 4"):
         planned_layers(mlp, 4, {"Sequential": {"0": "colwise", "1": "rowwise"}})
+
+
+def test_a_model_without_a_plan_is_refused() -> None:
+    """HF GPT-2's blocks have no plan here: --tp says so and names the plans there are."""
+    pytest.importorskip("transformers")
+    with pytest.raises(SpecError, match="no layer of the model has a tensor-parallel plan "
+                                        r"\(plans for: Block, LlamaDecoderLayer\)"):
+        _plan(["--model", "examples/hf_gpt2.py:build", "--schedule", "1f1b", "--ranks", "4",
+               "--tp", "2", "--microbatches", "4"])

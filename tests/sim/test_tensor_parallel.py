@@ -48,3 +48,20 @@ def test_only_f_b_and_bw_pay_and_stages_are_counted() -> None:
         TensorParallelCosts(UniformCosts(), extra=[1.0]).pass_time(s.spec, 0, Pass.F)
     with pytest.raises(SpecError, match=">= 0"):
         TensorParallelCosts(UniformCosts(), extra=[-1.0, 0.0])
+
+
+def test_with_data_parallel_the_passes_pay_tp_and_the_reductions_follow() -> None:
+    """simulate_data_parallel over TensorParallelCosts: its pipeline step is the tp-charged
+    one, and each reduction (dp groups pp * tp apart) still starts after its last W/BW."""
+    from pipeblocks.sim.hybrid import simulate_data_parallel
+
+    s = generate("1f1b", num_ranks=2, num_microbatches=4)
+    costs = TensorParallelCosts(UniformCosts(f=1, b=1, w=1), extra=[0.5, 0.5])
+    got = simulate_data_parallel(s, costs, grad_bytes=4e6, dp=2, network=NET, tp=2,
+                                 seconds_per_unit=1e-3)
+    assert got.base.makespan == simulate(s, UniformCosts(f=1.5, b=1.5, w=1)).makespan
+    ring_ms = (2 * 1e-5 + 2 * 0.5 * 4e6 / 1e8) * 1e3  # 2 ranks 4 apart: inter-node
+    for reds in got.reductions:
+        for r in reds:
+            assert r.end - r.start == pytest.approx(ring_ms)
+    assert got.makespan > got.base.makespan
