@@ -40,14 +40,6 @@ def check_tp(args: argparse.Namespace, plan: Any) -> None:
     if getattr(args, "fill", None) is not None:
         raise SpecError(f"--fill with --tp {tp} is not built (its passes in the gaps would "
                         f"make tensor-parallel collectives); drop --fill or --tp")
-    from torch import nn
+    from pipeblocks.runtime.tensor_parallel import check_model
 
-    from pipeblocks.runtime.tensor_parallel import planned_layers, plans_of
-
-    model = plan.model.build()
-    whole = model if isinstance(model, nn.Module) else nn.ModuleList(model)
-    plans = plans_of(plan.model)
-    if planned_layers(whole, tp, plans) == 0:
-        raise SpecError(f"--tp {tp}: no layer of the model has a tensor-parallel plan (plans "
-                        f"for: {', '.join(sorted(plans))}); give the model source a tp_plan "
-                        f"or use --tp 1")
+    check_model(plan.model, tp)

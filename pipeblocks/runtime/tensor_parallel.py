@@ -47,7 +47,7 @@ from pipeblocks.errors import SpecError
 from pipeblocks.ir.hybrid import Mesh
 
 __all__ = ["PLANS", "device_mesh", "parallelize_stage", "parallelize_stages", "planned_layers",
-           "plans_of"]
+           "plans_of", "check_model"]
 
 COLWISE, ROWWISE = "colwise", "rowwise"
 
@@ -146,3 +146,17 @@ def parallelize_stages(stages: Mapping[int, nn.Module], mesh: Mesh, device: Any,
 def plans_of(model: Any) -> dict[str, Mapping[str, str]]:
     """:data:`PLANS` with a model source's own ``tp_plan`` over them."""
     return {**PLANS, **dict(getattr(model, "tp_plan", None) or {})}
+
+
+def check_model(source: Any, tp: int) -> int:
+    """The layers of a model source's whole model the plans shard at ``tp`` (built here, no
+    process group needed); refuses a model with none, or a ``tp`` its layers cannot take."""
+    model = source.build()
+    whole = model if isinstance(model, nn.Module) else nn.ModuleList(model)
+    plans = plans_of(source)
+    count = planned_layers(whole, tp, plans)
+    if count == 0:
+        raise SpecError(f"--tp {tp}: no layer of the model has a tensor-parallel plan (plans "
+                        f"for: {', '.join(sorted(plans))}); give the model source a tp_plan "
+                        f"or use --tp 1")
+    return count
