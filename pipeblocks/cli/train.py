@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from pipeblocks.cli.common import one_line_errors, positive_int
 from pipeblocks.cli.fill import add_train_fill_args, draw_train_fill, print_train_fill
 from pipeblocks.cli.memory import add_recompute_arg, apply_recompute
+from pipeblocks.cli.tensor_parallel import add_tp_arg, check_tp
 from pipeblocks.cli.tinygpt import layout_of, model_config
 from pipeblocks.errors import PipeblocksError, SpecError
 
@@ -70,6 +71,7 @@ def add_train_args(p: argparse.ArgumentParser, *, ranks_required: bool) -> None:
                    "with FSDP2 over its dp group (default ddp)")
     p.add_argument("--no-reshard-after-forward", action="store_true",
                    help="fsdp: keep a stage's gathered parameters from F to its backward")
+    add_tp_arg(p)
     p.add_argument("--emulate-bandwidth", type=_positive_float, default=1e8, metavar="BYTES/S",
                    help="with --emulate-ms and --dp: each stage's gradient all-reduce sleeps "
                    "what a ring over links of this bandwidth takes (default 1e8)")
@@ -169,7 +171,7 @@ _FLAGS = [
     ("allow_changes", "--allow-changes"), ("overwrite", "--overwrite"),
     ("recompute", "--recompute"),
     ("dp", "--dp"), ("emulate_bandwidth", "--emulate-bandwidth"), ("dp_mode", "--dp-mode"),
-    ("no_reshard_after_forward", "--no-reshard-after-forward"),
+    ("no_reshard_after_forward", "--no-reshard-after-forward"), ("tp", "--tp"),
     ("fill", "--fill"), ("fill_ms", "--fill-ms"), ("fill_count", "--fill-count"),
     ("fill_picture", "--fill-picture"),
 ]
@@ -217,11 +219,12 @@ def build_plan(args: argparse.Namespace, world: int | None = None) -> TrainPlan:
         steps=args.steps, microbatch_size=args.microbatch_size, lr=args.lr, seed=args.seed,
         emulate_ms=args.emulate_ms, check_grads=args.check_grads, memory=args.memory,
         timeout=args.timeout, threads=args.threads, save=args.save, save_every=args.save_every,
-        dp=args.dp, emulate_bandwidth=args.emulate_bandwidth, dp_mode=args.dp_mode,
+        dp=args.dp, tp=args.tp, emulate_bandwidth=args.emulate_bandwidth, dp_mode=args.dp_mode,
         reshard_after_forward=not args.no_reshard_after_forward,
         fill=args.fill, fill_ms=args.fill_ms, fill_count=args.fill_count)
     plan = TrainPlan(schedule, source, layout, options,
                      name=schedule.name or str(args.schedule_file))
+    check_tp(args, plan)
     return dataclasses.replace(plan, resume=_check_checkpoint_args(args, plan))
 
 
@@ -229,7 +232,7 @@ def _pipeline_ranks(args: argparse.Namespace, num_ranks: int) -> int:
     """Pipeline ranks of the mesh (``--ranks`` / ``--dp``), refused where it does not fit."""
     from pipeblocks.ir.hybrid import Mesh
 
-    return Mesh.of(num_ranks, args.dp).pp
+    return Mesh.of(num_ranks, args.dp, args.tp).pp
 
 
 def load_schedule(args: argparse.Namespace, num_ranks: int) -> Schedule:

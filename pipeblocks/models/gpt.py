@@ -72,11 +72,14 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(d, dim=2)
-        # (b, t, d) -> (b, heads, t, d/heads)
-        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        # the fused qkv rows are grouped by head (q, k, v of head 0, then head 1, ...), so a
+        # tensor-parallel column shard holds whole heads (runtime/tensor_parallel.py): -1 is
+        # this rank's heads, all of them without tensor parallel
+        qkv = self.qkv(self.ln1(x)).view(b, t, -1, 3, d // self.heads)
+        # (b, t, heads, 3, d/heads) -> 3 x (b, heads, t, d/heads)
+        q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.proj(y.transpose(1, 2).reshape(b, t, d))
+        x = x + self.proj(y.transpose(1, 2).reshape(b, t, -1))
         return x + self.out(F.gelu(self.fc(self.ln2(x))))
 
 

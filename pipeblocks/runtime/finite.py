@@ -86,12 +86,20 @@ def first_bad(stages: Mapping[int, torch.nn.Module], flags: Mapping[int, torch.T
     if losses is not None and not all(math.isfinite(x) for x in losses):
         keys.append(S)
     for s, mod in stages.items():
-        grads = [p.grad for p in mod.parameters() if p.grad is not None]
+        # a sharded gradient (FSDP2, tensor parallel) is checked by its local part: the
+        # ranks' keys meet in the trainer's all-reduce (MAX) anyway
+        grads = [_local(p.grad) for p in mod.parameters() if p.grad is not None]
         if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
             keys.append(2 * S - s)
     for flag in flags.values():
         flag.zero_()
     return min(keys, default=none(S))
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return t.to_local() if isinstance(t, DTensor) else t
 
 
 def non_finite_error(key: int, step: int, num_stages: int, *, stage_rank: Callable[[int], int],

@@ -115,7 +115,7 @@ class GradReducer:
         for p in params:
             if p.grad is None:  # unused this step: its gradient is zero on this replica
                 p.grad = torch.zeros_like(p)
-        flat = torch.cat([p.grad.reshape(-1) for p in params])  # type: ignore[union-attr]
+        flat = torch.cat([_local(p.grad).reshape(-1) for p in params])
         work = dist.all_reduce(flat, group=self.group, async_op=True)
         self._inflight.append((work, flat, params))
 
@@ -126,11 +126,18 @@ class GradReducer:
             flat.div_(self.size)
             at = 0
             for p in params:
-                n = p.numel()
-                p.grad.copy_(flat[at:at + n].view_as(p))  # type: ignore[union-attr]
-                at += n
+                g = _local(p.grad)
+                g.copy_(flat[at:at + g.numel()].view_as(g))
+                at += g.numel()
         self._inflight.clear()
         self._done.clear()
+
+
+def _local(t: Any) -> torch.Tensor:
+    """A gradient's tensor on this rank: a tensor-parallel shard's (a DTensor's) local part,
+    the same part on every rank of the dp group (they share the tp index)."""
+    local = getattr(t, "to_local", None)
+    return local() if local is not None else t  # type: ignore[no-any-return]
 
 
 class EmulatedReducer:

@@ -54,6 +54,7 @@ from pipeblocks.runtime.hybrid import (
 from pipeblocks.runtime.p2p import one_way_ms
 from pipeblocks.runtime.plan import DATA_OPTIONS, ModelSource, TrainOptions, TrainPlan
 from pipeblocks.runtime.split import layers_of, split
+from pipeblocks.runtime.tensor_parallel import parallelize_stages
 from pipeblocks.runtime.ties import unique_parameters
 from pipeblocks.runtime.tree import call, flatten, unflatten, wanted_side
 from pipeblocks.sim.hybrid import reduce_time
@@ -86,8 +87,8 @@ def run_rank(plan: TrainPlan, on_step: OnStep | None = None) -> dict[str, Any]:
     guard = Guard(rank, timeout=plan.options.timeout) if dist.is_initialized() else None
     try:
         groups = None
-        if plan.options.dp > 1:
-            groups = mesh_groups(Mesh.of(world, plan.options.dp))
+        if plan.options.dp > 1 or plan.options.tp > 1:
+            groups = mesh_groups(Mesh.of(world, plan.options.dp, plan.options.tp))
         report = train(plan, device=device, guard=guard, on_step=on_step, model=model,
                        groups=groups)
     except NonFiniteError as e:  # every rank saw it in the same all-reduce: a clean stop
@@ -221,13 +222,14 @@ def _executor(plan: TrainPlan, mine: dict[int, nn.Module], device: torch.device,
     opts, spec = plan.options, plan.schedule.spec
     mesh: dict[str, Any] = {}
     if groups is not None:
+        full = None if opts.tp == 1 else parallelize_stages(mine, groups.mesh, device, plan.model)
         mesh = {"group": groups.pipeline, "rank": groups.coords[1],
                 "reducer": GradReducer(mine, groups.dp, groups.mesh.dp)}
         if opts.dp_mode == "fsdp" and opts.emulate_ms is None:
             for mod in mine.values():
                 mod.to(device)
-            mesh["reducer"] = FSDPReducer(mine, dp_mesh(groups.mesh, device.type),
-                                          opts.reshard_after_forward)
+            mesh["reducer"] = FSDPReducer(mine, dp_mesh(groups.mesh, device.type) if full is None
+                                          else full["dp"], opts.reshard_after_forward)
         if opts.emulate_ms is not None:
             net, dp = emulated_network(opts.emulate_bandwidth), groups.mesh.dp
             mesh["reducer"] = EmulatedReducer({s: reduce_time(
@@ -289,7 +291,7 @@ def _step(plan: TrainPlan, ex: Executor, step: int, device: torch.device, guard:
         lt = torch.tensor([res.loss if res.loss is not None else 0.0], dtype=torch.float64,
                           device=device)
         dist.all_reduce(lt)
-        loss = float(lt[0]) / groups.mesh.dp
+        loss = float(lt[0]) / (groups.mesh.dp * groups.mesh.tp)  # tp ranks: the same loss
     return {"step": step + 1, "ms": ms, "loss": loss if ok else None}, res
 
 
@@ -317,8 +319,9 @@ def _report(plan: TrainPlan, steps: list[dict[str, Any]], first: int, peak: int,
     report: dict[str, Any] = {
         "status": "ok",
         "schedule": plan.name,
-        "ranks": spec.num_ranks * opts.dp,
+        "ranks": spec.num_ranks * opts.dp * opts.tp,
         "dp": opts.dp,
+        "tp": opts.tp,
         "pp": spec.num_ranks,
         "microbatches": spec.num_microbatches,
         "stages_per_rank": spec.stages_per_rank,
