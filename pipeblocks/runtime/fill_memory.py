@@ -1,18 +1,20 @@
 """The memory headroom of fill: how many bytes a fill task may take on this rank now.
 
 A fill task runs while the training step holds its own memory (activations waiting for their
-backward, received tensors, the weights); it must not push the rank past what the step itself
-needs at its peak. :class:`Headroom` answers ``headroom()`` for
-:class:`~pipeblocks.runtime.fill.FillRunner` (a task starts only when its ``memory`` fits):
+backward, received tensors, the weights); it must not take what the step will still need.
+:class:`Headroom` answers ``headroom()`` for :class:`~pipeblocks.runtime.fill.FillRunner` (a
+task starts only when its ``memory`` fits):
 
-- default: the rank's memory peak minus what it holds now. The peak is the one the schedule
-  reaches (the simulator's memory peak of the rank, :func:`pipeblocks.sim.metrics.bubble_map`,
-  is where it lies), measured: the device allocator's high-water mark on CUDA
-  (``torch.cuda.max_memory_allocated``), the process's peak resident memory on CPU
-  (``ru_maxrss``); what it holds now is ``torch.cuda.memory_allocated`` or the resident memory
-  now. So fill uses what the step has freed since its peak (its warm-up and cool-down waits
-  hold fewer activations than the steady state) and never raises the rank's peak. On CPU
-  memory freed in small blocks may stay resident: the headroom then reads low, never high.
+- default: what the rank could still allocate, less what the step will still grow by before
+  its peak: ``free - (peak - use)``. The peak is the one the schedule reaches (the
+  simulator's memory profile says where, :func:`pipeblocks.sim.metrics.bubble_map`),
+  measured so far: the allocator's high-water mark on CUDA (``max_memory_allocated``; use:
+  ``memory_allocated``; free: the device's free memory plus what the allocator caches
+  unused), the process's peak resident memory on CPU (``ru_maxrss``; use: resident now;
+  free: the host's available memory shared by the ranks on the host, ``LOCAL_WORLD_SIZE``).
+  So in the warm-up and cool-down waits, which hold fewer activations than the steady
+  state, fill gets what the step has freed, and a task never pushes the step past the
+  memory it had at its peak.
 - ``limit`` (``train --fill-headroom MB``): a fixed number of bytes fill may take, whatever
   the step holds (the user knows the device's spare memory).
 
@@ -36,22 +38,29 @@ from pipeblocks.errors import SpecError
 __all__ = ["Headroom", "memory_in_use"]
 
 
-def memory_in_use(device: torch.device | str) -> tuple[float, float]:
-    """(bytes held now, the peak so far) of this process on ``device``."""
+def memory_in_use(device: torch.device | str) -> tuple[float, float, float]:
+    """(bytes held now, the peak so far, bytes this rank could still allocate) on ``device``."""
     dev = torch.device(device)
     if dev.type == "cuda":
-        return float(torch.cuda.memory_allocated(dev)), float(torch.cuda.max_memory_allocated(dev))
+        now, peak = torch.cuda.memory_allocated(dev), torch.cuda.max_memory_allocated(dev)
+        free = torch.cuda.mem_get_info(dev)[0] + torch.cuda.memory_reserved(dev) - now
+        return float(now), float(peak), float(free)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0  # Linux: KiB
     try:
         with open("/proc/self/statm") as f:
-            now = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):  # no procfs: assume nothing was freed
-        now = peak
-    return float(now), max(peak, float(now))
+            now = float(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        available = float(info["MemAvailable"].split()[0]) * 1024.0
+    except (OSError, ValueError, IndexError, KeyError):  # no procfs: nothing to spare
+        return peak, peak, 0.0
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return now, max(peak, now), available / ranks
 
 
 class Headroom:
-    """Bytes free for fill on ``device`` now: ``limit`` if given, else the peak minus the use."""
+    """Bytes free for fill on ``device`` now: ``limit`` if given, else what the rank could
+    still allocate less what the step will still grow by before its peak."""
 
     def __init__(self, device: torch.device | str, limit: float | None = None) -> None:
         if limit is not None and not limit >= 0:
@@ -65,8 +74,8 @@ class Headroom:
         if self.limit is not None:
             free = float(self.limit)
         else:
-            now, peak = memory_in_use(self.device)
-            free = max(0.0, peak - now)
+            now, peak, spare = memory_in_use(self.device)
+            free = max(0.0, spare - (peak - now))
         self.lowest = free if self.lowest is None else min(self.lowest, free)
         return free
 
@@ -74,4 +83,5 @@ class Headroom:
         """``fill_headroom_mb``: the lowest headroom a task was checked against (None: never
         checked, every task asked for no memory); ``fill_headroom_kind``: default or fixed."""
         return {"fill_headroom_mb": None if self.lowest is None else self.lowest / 2**20,
-                "fill_headroom_kind": "peak minus use" if self.limit is None else "fixed"}
+                "fill_headroom_kind": "free less the step's rise to its peak" if self.limit is None
+                else "fixed"}

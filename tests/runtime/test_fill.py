@@ -140,3 +140,25 @@ def test_runner_keeps_every_slot_and_drops_what_fits_none() -> None:
     assert len(runner.queue) == 2 and runner.never_started == []
     runner.set_unit(0.015)  # 90 ms, 81 usable: the 100 ms task now fits no gap
     assert len(runner.queue) == 1 and "'long'" in runner.never_started[0]
+
+
+def test_the_memory_headroom_default_fixed_and_refused() -> None:
+    """Default: the spare memory less the step's rise to its peak (never more than the spare,
+    never negative); a fixed limit is given back as is; a negative one is refused."""
+    import torch
+
+    from pipeblocks.runtime.fill_memory import Headroom, memory_in_use
+
+    now, peak, spare = memory_in_use("cpu")
+    assert 0 < now <= peak and spare > 0
+    h = Headroom("cpu")
+    assert h.report()["fill_headroom_mb"] is None  # not asked yet
+    x = torch.ones(32 * 2**20, dtype=torch.uint8)  # 32 MiB held: the use (and peak) rise
+    got = h()
+    after = memory_in_use("cpu")
+    del x
+    assert 0 <= got <= after[2] - (after[1] - after[0]) + 8 * 2**20  # RSS moves a little
+    assert h.report()["fill_headroom_mb"] == got / 2**20
+    assert Headroom("cpu", limit=3 * 2**20)() == 3 * 2**20
+    with pytest.raises(SpecError, match="headroom must be >= 0"):
+        Headroom("cpu", limit=-1.0)
