@@ -80,6 +80,9 @@ def add_train_fill_args(p: argparse.ArgumentParser) -> None:
                    help="estimated duration of one fill task (default 5)")
     p.add_argument("--fill-count", type=positive_int, default=8, metavar="N",
                    help="--fill eval: evaluation microbatches (default 8)")
+    p.add_argument("--fill-headroom", type=finite_float(0.0), default=None, metavar="MB",
+                   help="memory a fill task may take on a rank, in MB (default: the rank's "
+                   "memory peak minus what it holds now, so fill never raises the peak)")
     p.add_argument("--fill-picture", metavar="OUT", default=None,
                    help="draw the simulated timeline with the fill tasks where they ran in "
                    "the last step with fill (.png, .svg, .pdf)")
@@ -106,6 +109,9 @@ def print_train_fill(r: dict[str, Any]) -> None:
     print(f"fill: {r['fill_tasks_done']} tasks, {r['fill_bubble_used']:.1%} of the simulated "
           f"bubble used, step with fill / without "
           f"{'-' if slow is None else format(slow, '.3f')}")
+    if r.get("fill_memory_waits"):
+        print(f"  {r['fill_memory_waits']} times a task waited for memory (lowest headroom "
+              f"{r['fill_headroom_mb']:.3g} MB; --fill-headroom MB sets it)")
     for line in r["fill_errors"] + r["fill_never_started"][:4]:
         print(f"  {line}")
     if r["fill_eval_losses"]:

@@ -173,7 +173,7 @@ _FLAGS = [
     ("dp", "--dp"), ("emulate_bandwidth", "--emulate-bandwidth"), ("dp_mode", "--dp-mode"),
     ("no_reshard_after_forward", "--no-reshard-after-forward"), ("tp", "--tp"),
     ("fill", "--fill"), ("fill_ms", "--fill-ms"), ("fill_count", "--fill-count"),
-    ("fill_picture", "--fill-picture"),
+    ("fill_picture", "--fill-picture"), ("fill_headroom", "--fill-headroom"),
 ]
 
 
@@ -221,7 +221,8 @@ def build_plan(args: argparse.Namespace, world: int | None = None) -> TrainPlan:
         timeout=args.timeout, threads=args.threads, save=args.save, save_every=args.save_every,
         dp=args.dp, tp=args.tp, emulate_bandwidth=args.emulate_bandwidth, dp_mode=args.dp_mode,
         reshard_after_forward=not args.no_reshard_after_forward,
-        fill=args.fill, fill_ms=args.fill_ms, fill_count=args.fill_count)
+        fill=args.fill, fill_ms=args.fill_ms, fill_count=args.fill_count,
+        fill_headroom_mb=args.fill_headroom)
     plan = TrainPlan(schedule, source, layout, options,
                      name=schedule.name or str(args.schedule_file))
     check_tp(args, plan)

@@ -275,9 +275,9 @@ class Executor:
                     now = time.perf_counter()
                     st.trace.append((str(op), t0 - st.start, st.ready - st.start, now - st.start))
             self._flush(st)
-            if self.fill is not None:  # the end of the program: fill's step-end work
-                self.fill.gap(None, st)
             self._complete_sends(st)
+            if self.fill is not None:  # the end of the program: fill's step-end work, tail
+                self.fill.gap(None, st)
         except RankFailure:
             raise
         except Exception as e:

@@ -5,13 +5,19 @@ The fill plan is data: :func:`pipeblocks.sim.fill.place_fill` gives each rank it
 executor calls :meth:`FillRunner.gap`; when a slot lies before that pass and the pass's input
 has not arrived yet, the runner starts queue tasks one at a time while
 
-- the time spent in this gap plus the task's estimate (corrected by the ratio of measured to
-  estimated durations seen so far) stays within the gap it expects, less the ``safety``
-  fraction, plus ``max_delay``: the simulated gap (times ``seconds_per_unit``) until this
-  slot has been measured, then the shortest of its last ``_KEEP`` measurements;
+- the time spent in this gap plus the task's estimate (corrected by the largest ratio of
+  measured to estimated duration among the last ``_RATIOS`` tasks) stays within the gap it
+  expects, less the ``safety`` fraction, plus ``max_delay``: the simulated gap (times
+  ``seconds_per_unit``) until this slot has been measured, then the shortest of its last
+  ``_KEEP`` measurements;
 - the task's memory fits the headroom (``headroom()`` bytes, e.g. free device memory);
 - the input has not arrived yet, where the transport can tell (checked between tasks; NCCL
   can, gloo cannot before ``wait``, so on gloo the expected gap alone decides).
+
+The wait before a rank's first pass (its input comes about r passes after rank 0 starts) is a
+slot like the others. The wait after its last pass (the *tail*: until the slowest rank ends the
+step) has no input to wait for: at the end of the program (its sends complete) the runner fills
+it up to the simulated tail, less the safety fraction, from that moment.
 
 A gap is measured from the hook to the moment the pass's input is there; when the pass still
 waited after the fill, that is the gap exactly, otherwise the input came during the fill: the
@@ -56,6 +62,10 @@ log = logging.getLogger(__name__)
 
 _KEEP = 4
 """Measurements kept per slot; the shortest is the gap expected next."""
+
+_RATIOS = 16
+"""Tasks whose measured over estimated duration is kept; the largest corrects the next
+estimate (one slow task, say the machine was busy, weighs for this many tasks, not forever)."""
 
 _WAITED = 2e-4
 """Seconds a pass must still wait for its input after the fill for the gap to count as
@@ -104,8 +114,9 @@ class FillRunner:
         self.spec = schedule.spec
         self.rank = rank
         self.index = {a: k for k, a in enumerate(schedule.programs[rank])}
-        n = len(schedule.programs[rank])  # a tail slot (after the last pass) has no hook
+        n = len(schedule.programs[rank])  # the tail slot (after the last pass): the end hook
         self.slots = {s.before: s for s in slots if s.before < n}
+        self.tail = next((s for s in slots if s.before >= n), None)
         self.spu = seconds_per_unit
         self.max_delay = max_delay
         self.safety = safety
@@ -113,7 +124,7 @@ class FillRunner:
         self.at_end = at_end
         self.queue: deque[FillWork] = deque(tasks)
         self.measured: dict[int, deque[float]] = {}  # slot -> its last gaps (s)
-        self.ratio = 1.0  # measured over estimated task seconds, the largest seen
+        self.ratios: deque[float] = deque([1.0], maxlen=_RATIOS)  # measured / estimated
         self.done = 0
         self.fill_seconds = 0.0
         self.max_overrun = 0.0
@@ -146,7 +157,10 @@ class FillRunner:
         if st.evaluate:
             return
         if action is None:
-            if self.at_end is not None:
+            if self.tail is not None and self.queue:  # the wait for the step's end
+                t0 = time.perf_counter()
+                self._fill(self.tail, [], t0, self.tail.length * self.spu)
+            if self.at_end is not None:  # after the tail: eval work stays in its step
                 self.at_end()
             return
         k = self.index.get(action)
@@ -164,26 +178,28 @@ class FillRunner:
     def report(self) -> dict[str, Any]:
         """What fill did on this rank (JSON-ready)."""
         self._close(self._st)
+        extra = getattr(self.headroom, "report", None)  # runtime.fill_memory.Headroom
         return {
             "rank": self.rank, "fill_tasks_done": self.done, "fill_seconds": self.fill_seconds,
             "fill_left": len(self.queue), "fill_max_delay": self.max_delay,
             "fill_max_overrun": self.max_overrun, "fill_memory_waits": self.memory_waits,
             "fill_errors": list(self.errors), "fill_never_started": list(self.never_started),
-        }
+        } | (extra() if callable(extra) else {})
 
     # -- inside -------------------------------------------------------------------------------
 
-    def _fill(self, slot: FillSlot, works: list[Any], t0: float, expect: float) -> bool:
+    def _fill(self, slot: FillSlot, works: list[Any], t0: float, expect: float) -> float:
         """Run tasks while they fit; the time the fill ended."""
         now = t0
         while self.queue:
             task = self.queue[0]
-            if now - t0 + task.seconds * self.ratio > expect * (1 - self.safety) + self.max_delay:
+            ratio = max(self.ratios)
+            if now - t0 + task.seconds * ratio > expect * (1 - self.safety) + self.max_delay:
                 break
-            if self.headroom is not None and task.memory > self.headroom():
+            if task.memory > 0 and self.headroom is not None and task.memory > self.headroom():
                 self.memory_waits += 1
                 break
-            if all(w.is_completed() for w in works):  # NCCL knows; gloo says False till wait
+            if works and all(w.is_completed() for w in works):  # NCCL knows; gloo: False
                 break
             self.queue.popleft()
             ran = self._run(task)
@@ -197,7 +213,7 @@ class FillRunner:
                                        unit0 + (end - now) / self.spu))
             self.done += 1
             self.fill_seconds += end - now
-            self.ratio = max(self.ratio, (end - now) / task.seconds)
+            self.ratios.append(max(1.0, (end - now) / task.seconds))
             self.max_overrun = max(self.max_overrun, end - t0 - expect)
             now = end
         return now
@@ -243,7 +259,8 @@ class FillRunner:
 
     def _drop_too_long(self) -> None:
         """Tasks longer than the most any gap may take leave the queue, reported."""
-        longest = max((s.length for s in self.slots.values()), default=0.0) * self.spu
+        every = [*self.slots.values(), *([self.tail] if self.tail is not None else [])]
+        longest = max((s.length for s in every), default=0.0) * self.spu
         longest = longest * (1 - self.safety) + self.max_delay
         keep: deque[FillWork] = deque()
         dropped: dict[tuple[str, float], int] = {}  # one line per kind of task, with a count

@@ -11,13 +11,16 @@ the schedule simulated under unit costs and one of three kinds of fill work:
 
 Steps alternate: even steps (the first one included: warm-up) run without fill, odd ones with
 it, so one run measures both; ``fill_slowdown`` is the median step with fill over the median
-without. ``fill_bubble_used`` is the fill time per fill step, all ranks, over the simulated
-bubble between passes (the gaps fill uses), in seconds: one simulated unit is ``emulate_ms * v`` ms when emulated,
-else the median step without fill over the simulated makespan.
+without. ``fill_bubble_used`` is the fill time per fill step, all ranks, over the whole
+simulated bubble (every rank's idle time: the waits before its first pass and after its last
+included, all of which fill uses), in seconds: one simulated unit is ``emulate_ms * v`` ms
+when emulated, else the median step without fill over the simulated makespan. Fill tasks
+start only within the rank's memory headroom (:mod:`pipeblocks.runtime.fill_memory`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +33,7 @@ from pipeblocks.runtime.emulate import emulated_sleep
 from pipeblocks.runtime.faults import store_client
 from pipeblocks.runtime.fill import FillRunner, FillWork, second_model_work
 from pipeblocks.runtime.fill_eval import EvalFill
+from pipeblocks.runtime.fill_memory import Headroom
 from pipeblocks.sim.costs import UniformCosts
 from pipeblocks.sim.engine import simulate
 from pipeblocks.sim.fill import place_fill
@@ -92,6 +96,9 @@ def _keys(got: list[Any], steps: list[dict[str, Any]], fill_steps: list[bool],
         "fill_errors": [e for r in reports for e in r["fill_errors"]],
         "fill_never_started": [e for r in reports for e in r["fill_never_started"]],
         "fill_max_overrun_ms": max(r["fill_max_overrun"] for r in reports) * 1e3,
+        "fill_memory_waits": sum(r["fill_memory_waits"] for r in reports),
+        "fill_headroom_mb": min((r["fill_headroom_mb"] for r in reports
+                                 if r.get("fill_headroom_mb") is not None), default=None),
         "fill_eval_losses": [eval_losses[e] for e in sorted(eval_losses)],
         "fill_spans": [g[3] for g in got],  # per rank, the last fill step, simulated units
     }
@@ -106,20 +113,20 @@ def from_plan(plan: Any, ex: Any, device: torch.device) -> TrainFill | None:
     for e in range(opts.fill_count if opts.fill == "eval" else 0):
         got = plan.model.batch(opts.microbatch_size, 10_000 + e)  # data no step trains on
         batches.append((got[0].to(device), got[1].to(device)))
+    mb = opts.fill_headroom_mb
     return setup(ex, opts.fill, task_ms=opts.fill_ms, emulate_ms=opts.emulate_ms,
-                 eval_batches=batches)
+                 eval_batches=batches, headroom=None if mb is None else mb * 2**20)
 
 
 def setup(ex: Any, kind: str, *, task_ms: float, emulate_ms: float | None,
-          eval_batches: list[tuple[Any, Any]]) -> TrainFill:
+          eval_batches: list[tuple[Any, Any]], headroom: float | None = None) -> TrainFill:
     """The fill of this rank (every rank calls it: ``eval`` makes a process group)."""
     if kind not in FILL_KINDS:
         raise SpecError(f"--fill {kind!r} is not one of {', '.join(FILL_KINDS)}; e.g. --fill eval")
     schedule, rank = ex.schedule, ex.rank
     sim = simulate(schedule, UniformCosts(f=1, b=1, w=1), validate=False)
-    # between passes only: a lead wait is on the warm-up's critical path, where an overrun
-    # delays every rank after (bench_fill measured v-min 1.04x slower with lead fill)
-    slots = place_fill(sim, []).slots[rank]
+    # every wait: before the first pass, between passes, after the last (until the end)
+    slots = place_fill(sim, [], edges=True).slots[rank]
     v = schedule.spec.stages_per_rank
     unit = (emulate_ms * v if emulate_ms is not None else task_ms) / 1e3
     evaluation = None
@@ -133,9 +140,10 @@ def setup(ex: Any, kind: str, *, task_ms: float, emulate_ms: float | None,
         tasks = [FillWork(lambda: emulated_sleep(task_ms / 1e3), task_ms / 1e3, name="sleep")
                  ] * _ENDLESS
     runner = FillRunner(schedule, rank, slots, tasks, seconds_per_unit=unit,
+                        headroom=Headroom(ex.device, headroom),
                         at_end=evaluation.end_step if evaluation is not None else None)
-    return TrainFill(runner, evaluation, sim.makespan, sum(s.length for s in slots),
-                     emulate_ms is not None)
+    # the whole simulated bubble: every rank's idle time, warm-up and cool-down waits included
+    return TrainFill(runner, evaluation, sim.makespan, sum(sim.idle), emulate_ms is not None)
 
 
 def _side_work(task_ms: float, rank: int) -> FillWork:
@@ -144,5 +152,8 @@ def _side_work(task_ms: float, rank: int) -> FillWork:
     x, y = torch.randn(16, 32, generator=g), torch.randn(16, 1, generator=g)
     model = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    return second_model_work(model, opt, lambda: (x, y), torch.nn.functional.mse_loss,
+    work = second_model_work(model, opt, lambda: (x, y), torch.nn.functional.mse_loss,
                              seconds=task_ms / 1e3)
+    # what a step holds while it runs: the gradients, the activations autograd saves
+    held = sum(4 * p.numel() for p in model.parameters()) + 4 * 16 * (32 + 32 + 1) * 2
+    return dataclasses.replace(work, memory=float(held))

@@ -77,6 +77,7 @@ class TrainOptions:
     fill: str | None = None  # runtime.fill_train.FILL_KINDS: work in the gaps (docs/fill.md)
     fill_ms: float = 5.0
     fill_count: int = 8
+    fill_headroom_mb: float | None = None  # None: the rank's peak minus its use (fill_memory)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,9 +17,9 @@ hook (:mod:`pipeblocks.runtime.fill`) works from.
     >>> plan.tasks_done, round(plan.bubble_used, 3), plan.too_long[2]   # rank 2's gaps: 2, 1
     (7, 0.583, (10,))
 
-Lead and tail gaps (before a rank's first pass, after its last) lie outside the step on a
-rank that starts late or ends early; with ``edges=True`` they count too (a training loop runs
-fill there between steps).
+Lead and tail gaps (before a rank's first pass, after its last: the warm-up and cool-down
+waits) count with ``edges=True``; the executor's fill uses them too (the lead before pass 0,
+the tail at the program's end, bounded by the simulated step end).
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 
 ``python fill_worker.py MODE OUT``; rank 0 writes what the test checks to OUT (JSON):
 
-- ``emulated``: 1f1b, p=2, m=4, 20 ms emulated passes; a queue of 5 ms tasks with one that
-  raises in the middle and one longer than every gap; two steps. Reports each rank's fill report.
+- ``emulated``: 1f1b, p=2, m=4, 20 ms emulated passes; two steps. Rank 0: a queue of 5 ms
+  tasks with one that raises in the middle and one longer than every gap; rank 1: one that
+  needs more memory than its 1 MiB headroom, then (second step) a queue for its lead and tail
+  waits. Reports each rank's fill report, the tasks that ran and where.
 - ``grads``: the test GPT, 1f1b, p=2, m=4, one step without fill and one (fresh executor) with
   fill tasks that train a second small model; the losses and gradients of both, rank 0's.
 - ``eval``: the test GPT under 1f1b and v-min (p=2, m=4, no optimizer), three eval
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections import deque
 
 import torch
 import torch.distributed as dist
@@ -25,6 +28,7 @@ from pipeblocks.runtime.emulate import EmulatedStage, emulated_sleep
 from pipeblocks.runtime.executor import Executor
 from pipeblocks.runtime.fill import FillRunner, FillWork, second_model_work
 from pipeblocks.runtime.fill_eval import EvalFill
+from pipeblocks.runtime.fill_memory import Headroom
 from pipeblocks.runtime.split import ends_layout, split
 from pipeblocks.sim import UniformCosts, simulate
 from pipeblocks.sim.fill import place_fill
@@ -32,10 +36,11 @@ from pipeblocks.sim.fill import place_fill
 P, M, MS = 2, 4, 20.0
 
 
-def _runner(schedule, rank, tasks, spu):
+def _runner(schedule, rank, tasks, spu, headroom=None):
     sim = simulate(schedule, UniformCosts(f=1, b=1, w=1))
-    slots = place_fill(sim, []).slots[rank]
-    return FillRunner(schedule, rank, slots, tasks, seconds_per_unit=spu, max_delay=0.001)
+    slots = place_fill(sim, [], edges=True).slots[rank]  # lead, between passes, tail
+    return FillRunner(schedule, rank, slots, tasks, seconds_per_unit=spu, max_delay=0.001,
+                      headroom=headroom)
 
 
 def emulated(rank: int) -> dict:
@@ -51,11 +56,18 @@ def emulated(rank: int) -> dict:
 
     tasks = [ok(0), FillWork(lambda: None, 5.0, name="huge"), ok(1), ok(2),
              FillWork(boom, 0.005, name="boom"), ok(3), ok(4)]
-    runner = _runner(schedule, rank, tasks, MS / 1000)
+    headroom = None
+    if rank == 1:  # a lead and a tail wait (rank 0 has neither); a task over the headroom
+        tasks = [ok(0), FillWork(lambda: ran.append(-1), 0.005, memory=2**30, name="big"), ok(1)]
+        headroom = Headroom("cpu", limit=2**20)
+    runner = _runner(schedule, rank, tasks, MS / 1000, headroom)
     ex = Executor(schedule, stages, None, None, rank=rank, fill=runner)
-    for _ in range(2):
-        ex.step(torch.zeros(M * 2, 4))
-    return {**runner.report(), "ran": ran, "steps": ex.steps}
+    ex.step(torch.zeros(M * 2, 4))
+    if rank == 1:  # the big task waited for memory all step long; now a queue that fits
+        runner.queue = deque(ok(i) for i in range(10, 40))
+    ex.step(torch.zeros(M * 2, 4))
+    spans = [(s.start, s.end) for s in runner.spans]
+    return {**runner.report(), "ran": ran, "steps": ex.steps, "spans": spans}
 
 
 def grads(rank: int) -> dict:

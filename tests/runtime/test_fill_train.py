@@ -45,10 +45,24 @@ def test_train_fill_sleep_uses_the_bubble() -> None:
 
 
 def test_bad_fill_options_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    """An unknown kind and a non-positive --fill-ms are refused before any process starts."""
-    for bad in (["--fill", "nap"], ["--fill", "sleep", "--fill-ms", "0"]):
+    """An unknown kind, a non-positive --fill-ms and a negative --fill-headroom are refused
+    before any process starts."""
+    for bad in (["--fill", "nap"], ["--fill", "sleep", "--fill-ms", "0"],
+                ["--fill", "side", "--fill-headroom", "-1"]):
         with pytest.raises(SystemExit) as e:
             cli(["train", "--schedule", "1f1b", "--ranks", "2", "--microbatches", "4", *bad])
         assert e.value.code == 2
         err = capsys.readouterr().err
         assert "--fill" in err and len(err.strip().splitlines()) == 1
+
+
+def test_fill_headroom_reaches_the_ranks_plan() -> None:
+    """--fill-headroom MB goes to the rank processes and into the plan's options (MB)."""
+    from pipeblocks.cli.train import build_parser, build_plan, to_argv
+
+    argv = ["--schedule", "1f1b", "--ranks", "2", "--microbatches", "4", "--fill", "side",
+            "--fill-headroom", "64"]
+    args = build_parser().parse_args(argv)
+    again = build_parser().parse_args(to_argv(args))  # what a rank process parses
+    assert build_plan(again).options.fill_headroom_mb == 64.0
+    assert build_plan(build_parser().parse_args(argv[:-2])).options.fill_headroom_mb is None
