@@ -23,18 +23,21 @@ __all__ = ["OffloadLink", "Offload", "MoveKind", "Move"]
 class OffloadLink:
     """Each rank's link to host memory: ``bandwidth`` in the cost model's memory units per time
     unit (bytes per second for byte models timed in seconds; stage-activations per F for the
-    unit model), ``latency`` per copy in time units, ``shared``: the copies use the same link as
-    the rank's outgoing pipeline transfers (docs/memory.md, "Offload")."""
+    unit model; ``math.inf``, the default: a copy takes only its latency), ``latency`` per copy
+    in time units, ``shared``: the copies use the same link as the rank's outgoing pipeline
+    transfers (docs/memory.md, "Offload")."""
 
-    bandwidth: float = 1.0
+    bandwidth: float = math.inf
     latency: float = 0.0
     shared: bool = False
 
     def __post_init__(self) -> None:
         for name in ("bandwidth", "latency"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise SpecError(f"offload link {name} must be a finite number (got {v!r})")
+            if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v) or (
+                    name == "latency" and math.isinf(v)):
+                raise SpecError(f"offload link {name} must be a number (got {v!r}; only the "
+                                f"bandwidth may be infinite)")
         if self.bandwidth <= 0 or self.latency < 0:
             raise SpecError(
                 f"offload link needs bandwidth > 0 and latency >= 0 (got bandwidth="

@@ -26,7 +26,7 @@ its B. Without offload this timing equals the engine's (the tests check it).
     >>> fast.peak_memory, fast.makespan, fast.host_peak     # plain: (4, 3, 2, 1), 33
     ((3.0, 3.0, 2.0, 1.0), 33.0, (3.0, 2.0, 1.0, 0.0))
     >>> slow.makespan                     # each copy takes 4 F: the reloads come late
-    40.0
+    58.0
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ in 0..m-1, and each action in the program of the rank its placement gives. Anyth
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -96,7 +97,7 @@ SCHEMA: dict[str, Any] = {
                 "pairs": {"type": "array", "items": {"type": "array", "items": {
                     "type": "integer", "minimum": 0}, "minItems": 2, "maxItems": 2}},
                 "link": {"type": "object", "properties": {
-                    "bandwidth": {"type": "number"}, "latency": {"type": "number"},
+                    "bandwidth": {"type": ["number", "null"]}, "latency": {"type": "number"},
                     "shared": {"type": "boolean"}}},
             },
         },
@@ -288,7 +289,8 @@ def offload_doc(off: Offload) -> dict[str, Any]:
     """The JSON value of ``Schedule.offload``."""
     link = off.link
     return {"pairs": [list(p) for p in sorted(off.pairs)],
-            "link": {"bandwidth": link.bandwidth, "latency": link.latency, "shared": link.shared}}
+            "link": {"bandwidth": None if math.isinf(link.bandwidth) else link.bandwidth,
+                     "latency": link.latency, "shared": link.shared}}
 
 
 def _offload(value: Any) -> Offload | None:
@@ -305,6 +307,8 @@ def _offload(value: Any) -> Offload | None:
                                                     f"microbatch], got {_kind(p)}")
         pairs.append((p[0], p[1]))
     raw = value.get("link", {})
+    if isinstance(raw, dict) and raw.get("bandwidth", 0) is None:  # null: an instant link
+        raw = {**raw, "bandwidth": math.inf}
     try:
         link = OffloadLink(**raw) if isinstance(raw, dict) else None
     except (TypeError, SpecError) as e:
