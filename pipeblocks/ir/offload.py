@@ -22,6 +22,7 @@ checks them, the lowering adds the move ops (:func:`with_moves`), the simulator 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from pipeblocks.checks import expect
@@ -188,12 +189,13 @@ def _is_send(op: object) -> bool:
 
 
 def offload_label(schedule: Schedule) -> str:
-    """A short note for headers: ``""`` or ``"offload: 12 of 24 F (link 2/s)"``."""
+    """A short note for headers: ``""`` or ``"offload: 12 of 24 F (link 2 per time unit)"``."""
     off = schedule.offload
     if off is None:
         return ""
     total = schedule.spec.num_stages * schedule.spec.num_microbatches
     link = off.link
+    speed = "instant" if math.isinf(link.bandwidth) else f"{link.bandwidth:g} per time unit"
     lat = f", latency {link.latency:g}" if link.latency else ""
-    return (f"offload: {len(off.pairs)} of {total} F (link {link.bandwidth:g}/unit{lat}"
+    return (f"offload: {len(off.pairs)} of {total} F (link {speed}{lat}"
             f"{', shared' if link.shared else ''})")

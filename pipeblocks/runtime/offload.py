@@ -35,6 +35,7 @@ Emulated stages (:class:`OffloadEmulated`) move nothing and charge the bytes of 
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -52,7 +53,7 @@ from pipeblocks.runtime.stage import Stage
 from pipeblocks.runtime.tree import flatten
 
 __all__ = ["Move", "with_moves", "OffloadStage", "OffloadEmulated", "offload_class", "emulated_class", "run_move",
-           "pooled_bytes", "set_link"]
+           "pooled_bytes", "set_link", "emulated_schedule"]
 
 _lock = threading.Lock()
 _queues: dict[str, ThreadPoolExecutor] = {}
@@ -304,3 +305,19 @@ def run_move(ex: Any, st: Any, op: Move) -> None:
         st.held[k] = st.held.get(k, 0) - moved
         st.live -= moved
         st.peak = max(st.peak, st.live)
+
+
+def emulated_schedule(plan: Any) -> Schedule:
+    """The plan's schedule as the simulator should time an emulated run (``--emulate-ms``,
+    ``--emulate-link``): its offload link is the emulated one, in stage-activations per ms
+    (:class:`OffloadEmulated` moves its output's bytes per copy; UniformCosts hold 1 per F)."""
+    schedule, opts = plan.schedule, plan.options
+    if schedule.offload is None or not opts.emulate_link:
+        return schedule
+    from pipeblocks.ir.moves import OffloadLink
+    from pipeblocks.ir.offload import with_offload
+
+    shape = plan.model.activation_shape(opts.microbatch_size)
+    nbytes = 4 * math.prod(shape)  # float32, as the emulated stages send
+    copy_ms = nbytes / (opts.emulate_link * 1e9) * 1e3
+    return with_offload(schedule, sorted(schedule.offload.pairs), OffloadLink(1.0 / copy_ms))
