@@ -115,11 +115,12 @@ def _calibrate_plan(argv: list[str]) -> tuple[object, _Measured]:
 @pytest.mark.distributed
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["1f1b", "v-half"])
-@pytest.mark.parametrize("recompute", [[], ["--recompute", "all"]])
+@pytest.mark.parametrize("recompute", [[], ["--recompute", "all"], ["--offload", "all"]],
+                         ids=["plain", "recompute", "offload"])
 def test_four_ranks_small_gpt_within_5_percent(name: str, recompute: list[str]) -> None:
     """`pipeblocks train --memory` on 4 gloo ranks: every rank's measured peak is within 5% of
-    the simulated one (per-stage memory measured in this process), with and without
-    recomputation."""
+    the simulated one (per-stage memory measured in this process), with neither, with
+    recomputation and with offload (every eligible pair, an instant link)."""
     import json
     import subprocess
     import sys
