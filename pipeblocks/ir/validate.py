@@ -38,8 +38,8 @@ from pipeblocks.ir.actions import Action, Pass
 from pipeblocks.ir.ascii import error_grid
 from pipeblocks.ir.bulk import no_gc
 from pipeblocks.ir.deps import key, walk
-from pipeblocks.ir.schedule import Schedule
 from pipeblocks.ir.offload import check_offload
+from pipeblocks.ir.schedule import Schedule
 
 __all__ = ["validate", "is_valid", "RULES"]
 

@@ -48,8 +48,8 @@ from pipeblocks.ir.lowering import Comm, CommOp, LoweredSchedule, Payload, Trans
 from pipeblocks.ir.schedule import Schedule
 from pipeblocks.ir.validate import validate
 from pipeblocks.runtime.faults import Guard, RankFailure, pass_failure
-from pipeblocks.runtime.p2p import P2P, Post, Wire, agree_shapes, tag_of
 from pipeblocks.runtime.offload import Move, pooled_bytes, run_move, with_moves
+from pipeblocks.runtime.p2p import P2P, Post, Wire, agree_shapes, tag_of
 from pipeblocks.runtime.recompute import kept_bytes, rebuilt, stage_class
 from pipeblocks.runtime.stage import LossFn, Stage, shared_parameters
 from pipeblocks.runtime.steps import (

@@ -106,6 +106,12 @@ class _Offloading:
 
         self._moving[mb] = _queue(kind.value).submit(run)
 
+    def offload(self, mb: int) -> int:
+        raise NotImplementedError
+
+    def reload(self, mb: int) -> int:
+        raise NotImplementedError
+
     def _wait(self, mb: int) -> None:
         fut = self._moving.pop(mb, None)
         if fut is not None:

@@ -30,7 +30,6 @@ from torch import nn
 from pipeblocks.errors import PipeblocksError, SpecError
 from pipeblocks.ir.hybrid import Mesh
 from pipeblocks.runtime import checkpoint, fill_train
-from pipeblocks.runtime.offload import emulated_class, emulated_schedule, set_link
 from pipeblocks.runtime.executor import Executor
 from pipeblocks.runtime.faults import Guard, RankFailure, post_fault, store_client, write_error
 from pipeblocks.runtime.finite import (
@@ -50,6 +49,7 @@ from pipeblocks.runtime.hybrid import (
     grad_bytes,
     mesh_groups,
 )
+from pipeblocks.runtime.offload import emulated_class, emulated_schedule, set_link
 from pipeblocks.runtime.p2p import one_way_ms
 from pipeblocks.runtime.plan import DATA_OPTIONS, ModelSource, TrainOptions, TrainPlan
 from pipeblocks.runtime.split import layers_of, split

@@ -182,19 +182,22 @@ def run_offload(schedule: Schedule, costs: CostModel, tab: Tables) -> OffloadRun
         trace, peak = _steps(dev)
         memory.append(trace)
         peaks.append(peak)
-        trace, peak = _steps(hst)
+        trace, peak = _steps(hst, frees_first=False)  # each pair's +/- in causal order
         host.append(trace)
         host_peaks.append(peak)
     return OffloadRun(clock.starts, clock.ends, tuple(map(tuple, clock.moves)), tuple(memory),
                       tuple(peaks), tuple(host), tuple(host_peaks))
 
 
-def _steps(events: list[tuple[float, float]]) -> tuple[Trace, float]:
-    """``(time, held)`` steps from ``(time, change)`` events (frees first at equal times) and
-    the peak."""
+def _steps(events: list[tuple[float, float]], frees_first: bool = True
+           ) -> tuple[Trace, float]:
+    """``(time, held)`` steps from ``(time, change)`` events and the peak. At equal times the
+    frees come first (as the engine's program order has a pass end before the next starts),
+    or, for host memory, the events keep their order (a pair's copy out before its copy back,
+    which an instant link puts at one time)."""
     held = peak = 0.0
     trace = [(0.0, 0.0)]
-    for t, d in sorted(events):
+    for t, d in sorted(events) if frees_first else sorted(events, key=lambda e: e[0]):
         held += d
         peak = max(peak, held)
         trace.append((t, held))
