@@ -62,6 +62,7 @@ def apply_offload(schedule: Schedule, args: argparse.Namespace, costs: CostModel
 
         limit = budget if budget is not None else getattr(args, "offload_budget", 1.0)
         return auto_offload(schedule, limit, costs, link)
+    assert not isinstance(chosen, str)
     return with_offload(schedule, chosen, link)
 
 
