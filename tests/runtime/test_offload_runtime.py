@@ -105,3 +105,22 @@ def test_executor_runs_offload_ops_and_holds_less() -> None:
     (plain, g0), (off, g1) = runs
     assert off < 0.75 * plain  # two microbatches on the device at most, of four
     assert all(torch.equal(a, b) for a, b in zip(g0, g1, strict=True))
+
+
+def test_emulated_link_overlaps_and_the_backward_waits_for_its_reload() -> None:
+    """--emulate-link: the copies sleep on side threads (offload and reload return at once)
+    and the B waits until the offload and then the reload have taken bytes / bandwidth each."""
+    import time
+
+    from pipeblocks.runtime.offload import OffloadEmulated, set_link
+
+    st = OffloadEmulated(stage=1, num_stages=3, ms=0.0, out_shape=(1000,))  # 4000 bytes
+    set_link({1: st}, 4000 / 0.15 / 1e9)  # 0.15 s per copy
+    st.forward(0, torch.zeros(1000))
+    t0 = time.perf_counter()
+    st.offload(0)
+    st.reload(0)
+    posted = time.perf_counter() - t0
+    st.backward_input(0, torch.zeros(1000))
+    waited = time.perf_counter() - t0
+    assert posted < 0.1 and waited >= 0.3
