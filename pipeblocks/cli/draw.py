@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipeblocks.cli.common import check_output, emit_json, finite_float
 from pipeblocks.cli.memory import add_recompute_arg, apply_recompute
+from pipeblocks.cli.offload import add_offload_args, apply_offload
 from pipeblocks.cli.simulate import add_costs_args, build_costs
 from pipeblocks.cli.source import add_source_args, schedule_from_args
 from pipeblocks.errors import SpecError
@@ -52,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    "--stages-per-rank applies to the generators that let v vary)")
     add_costs_args(p)  # --cost, --costs FILE, --model, --machine, --memory-model
     add_recompute_arg(p)
+    add_offload_args(p)  # --offload auto meets --offload-budget (--memory only draws a line)
     p.add_argument("--memory", type=_fraction, default=None, metavar="FRACTION",
                    help="draw the memory budget line at FRACTION x 1F1B's peak")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
@@ -105,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     schedules = _schedules(args)
     sims: list[Simulation] = []
     for schedule in schedules:
+        schedule = apply_offload(schedule, args, costs)
         validate(schedule)
         sims.append(simulate(schedule, costs, validate=False))
     if args.compare:

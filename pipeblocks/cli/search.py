@@ -29,6 +29,7 @@ from typing import Any, TextIO
 
 from pipeblocks.cli.common import check_output, emit_json, finite_float, positive_int, write_output
 from pipeblocks.cli.memory import add_recompute_knob
+from pipeblocks.cli.offload import add_offload_args, search_offload
 from pipeblocks.cli.simulate import add_costs_args, build_costs
 from pipeblocks.errors import SpecError
 from pipeblocks.ir.schedule import Schedule
@@ -86,6 +87,7 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-named", dest="named", action="store_false",
                    help="leave the named generators out of the candidates")
     add_recompute_knob(p)
+    add_offload_args(p, budget=False)  # auto: the search's --memory budget (cli/offload.py)
     p.add_argument("--progress", action="store_true",
                    help="show the progress bar even when stderr is not a terminal")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -153,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         searcher = Searcher(args.p, args.m, costs, args.family, named=args.named,
                             objective=args.objective)
-        result = search_recompute(searcher, budget, bar) if args.recompute else \
+        result = search_offload(searcher, budget, bar, args) if args.offload else \
+            search_recompute(searcher, budget, bar) if args.recompute else \
             searcher.best(budget, bar)
     finally:
         bar.close()

@@ -22,9 +22,11 @@ from typing import Any
 from pipeblocks.cli.common import add_cost_args, cost_of, emit_json, finite_float
 from pipeblocks.cli.fill import add_fill_args, fill_json, fill_plan, print_fill
 from pipeblocks.cli.memory import add_recompute_arg, apply_recompute
+from pipeblocks.cli.offload import add_offload_args, apply_offload, offload_json
 from pipeblocks.cli.source import add_source_args, schedule_from_args
 from pipeblocks.errors import SpecError
 from pipeblocks.ir import Schedule, validate
+from pipeblocks.ir.offload import offload_label
 from pipeblocks.ir.recompute import recompute_label
 from pipeblocks.sim import (
     CostModel,
@@ -138,6 +140,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_source_args(p, verb="simulate")
     add_costs_args(p)
     add_recompute_arg(p)
+    add_offload_args(p)
     p.add_argument("--bubbles", action="store_true",
                    help="also list every idle interval per rank (the bubble map)")
     p.add_argument("--capacity", type=finite_float(), default=None,
@@ -147,21 +150,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=run)
 
 
-def _schedule(args: argparse.Namespace) -> Schedule:
+def _schedule(args: argparse.Namespace, costs: CostModel | None = None) -> Schedule:
     schedule = apply_recompute(schedule_from_args(args, "simulate"), args)
+    schedule = apply_offload(schedule, args, costs)  # cli/offload.py
     validate(schedule)
     return schedule
 
 
 def run(args: argparse.Namespace) -> int:
-    schedule = _schedule(args)
     costs = build_costs(args)
+    schedule = _schedule(args, costs)
     sim = simulate(schedule, costs, validate=False)  # _schedule validated it
     bubbles = bubble_map(sim, args.capacity) if args.bubbles else None
     fill = fill_plan(args, sim)
     if args.json:
         out = {"costs": describe_costs(costs), **summary(sim),
-               "recompute": sorted(schedule.recompute)}
+               "recompute": sorted(schedule.recompute), **offload_json(schedule, sim)}
         if fill is not None:
             out.update(fill_json(fill))
         if bubbles is not None:
@@ -172,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
     unit = sim.memory_unit
     print(f"# {schedule.name or args.schedule}  {schedule.spec.describe()}  "
           f"{schedule.num_actions} passes  costs: {describe_costs(costs)}"
-          + (f"  {recompute_label(schedule)}" if schedule.recompute else ""))
+          + (f"  {recompute_label(schedule)}" if schedule.recompute else "")
+          + (f"  {offload_label(schedule)}" if schedule.offload else ""))
     print(f"makespan            {sim.makespan:.6g}")
     print(f"bubble rate         {sim.bubble_rate:.4f}  (papers' metric: max span vs busy)")
     print(f"bubble rate global  {sim.bubble_rate_global:.4f}  (all ranks from 0 to makespan)")
@@ -184,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r:>4} {sim.busy[r]:>10.4g} {sim.idle[r]:>10.4g} {sim.span[r]:>10.4g} "
               f"{sim.peak_memory[r]:>12.4g} {sim.peak_stage_activations[r]:>16.4g}")
     print(f"memory unit: {unit}")
+    if sim.host_peak:
+        print("host memory peak per rank: " + ", ".join(f"{h:.4g}" for h in sim.host_peak))
     if fill is not None:
         print_fill(fill)
     if bubbles is not None:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from pipeblocks.cli.common import one_line_errors, positive_int
 from pipeblocks.cli.fill import add_train_fill_args, draw_train_fill, print_train_fill
 from pipeblocks.cli.memory import add_recompute_arg, apply_recompute
+from pipeblocks.cli.offload import OFFLOAD_FLAGS, add_train_offload_args, apply_offload
 from pipeblocks.cli.tensor_parallel import add_tp_arg, check_tp
 from pipeblocks.cli.tinygpt import layout_of, model_config
 from pipeblocks.errors import PipeblocksError, SpecError
@@ -80,6 +81,7 @@ def add_train_args(p: argparse.ArgumentParser, *, ranks_required: bool) -> None:
     p.add_argument("--stages-per-rank", type=positive_int, default=None, metavar="V",
                    help="model chunks per rank (default: what the schedule needs)")
     add_recompute_arg(p)
+    add_train_offload_args(p)  # --offload, --offload-budget, --emulate-link: cli/offload.py
     p.add_argument("--steps", type=positive_int, default=10, help="training steps (default 10)")
     p.add_argument("--model", default="tiny-gpt", metavar="NAME|MODULE:FACTORY|FILE.py:FACTORY",
                    help="tiny-gpt (default), or a factory(num_stages, seed) returning a model "
@@ -174,6 +176,7 @@ _FLAGS = [
     ("no_reshard_after_forward", "--no-reshard-after-forward"), ("tp", "--tp"),
     ("fill", "--fill"), ("fill_ms", "--fill-ms"), ("fill_count", "--fill-count"),
     ("fill_picture", "--fill-picture"), ("fill_headroom", "--fill-headroom"),
+    *OFFLOAD_FLAGS,
 ]
 
 
@@ -222,7 +225,7 @@ def build_plan(args: argparse.Namespace, world: int | None = None) -> TrainPlan:
         dp=args.dp, tp=args.tp, emulate_bandwidth=args.emulate_bandwidth, dp_mode=args.dp_mode,
         reshard_after_forward=not args.no_reshard_after_forward,
         fill=args.fill, fill_ms=args.fill_ms, fill_count=args.fill_count,
-        fill_headroom_mb=args.fill_headroom)
+        fill_headroom_mb=args.fill_headroom, emulate_link=args.emulate_link)
     plan = TrainPlan(schedule, source, layout, options,
                      name=schedule.name or str(args.schedule_file))
     check_tp(args, plan)
@@ -260,7 +263,7 @@ def load_schedule(args: argparse.Namespace, num_ranks: int) -> Schedule:
                 f"{args.schedule_file} is a schedule for {schedule.spec.num_ranks} ranks but "
                 f"{num_ranks} were asked for; use --ranks {schedule.spec.num_ranks}"
             )
-    schedule = apply_recompute(schedule, args)
+    schedule = apply_offload(apply_recompute(schedule, args), args)
     validate(schedule)
     return schedule
 

@@ -36,7 +36,7 @@ def with_recompute(schedule: Schedule, stages: Iterable[int] | None = None) -> S
     name = schedule.name
     if len(chosen) == spec.num_stages and name and not name.endswith("-r"):
         name += "-r"
-    return Schedule(spec, schedule.programs, name, chosen)
+    return Schedule(spec, schedule.programs, name, chosen, schedule.offload)
 
 
 def parse_recompute(text: str, spec: PipelineSpec) -> frozenset[int]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pipeblocks.checks import expect
 from pipeblocks.errors import SpecError
 from pipeblocks.ir.actions import Action
+from pipeblocks.ir.moves import Offload
 from pipeblocks.ir.spec import PipelineSpec
 
 __all__ = ["Schedule", "check_stages"]
@@ -38,6 +39,7 @@ class Schedule:
     programs: tuple[tuple[Action, ...], ...]
     name: str = field(default="", compare=False)
     recompute: frozenset[int] = field(default=frozenset(), compare=False)
+    offload: Offload | None = field(default=None, compare=False)  # ir/offload.py
 
     def __post_init__(self) -> None:
         expect("Schedule", "spec", self.spec, PipelineSpec)
@@ -53,6 +55,8 @@ class Schedule:
             )
         if type(self.recompute) is not frozenset or self.recompute:
             object.__setattr__(self, "recompute", check_stages(self.spec, self.recompute))
+        if self.offload is not None:
+            expect("Schedule", "offload", self.offload, Offload)
 
     @classmethod
     def from_lists(
@@ -72,7 +76,7 @@ class Schedule:
                 yield rank, pos, a
 
     def renamed(self, name: str) -> Schedule:
-        return Schedule(self.spec, self.programs, name, self.recompute)
+        return Schedule(self.spec, self.programs, name, self.recompute, self.offload)
 
     def __str__(self) -> str:
         from pipeblocks.ir.ascii import grid

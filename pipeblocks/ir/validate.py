@@ -38,6 +38,7 @@ from pipeblocks.ir.actions import Action, Pass
 from pipeblocks.ir.ascii import error_grid
 from pipeblocks.ir.bulk import no_gc
 from pipeblocks.ir.deps import key, walk
+from pipeblocks.ir.offload import check_offload
 from pipeblocks.ir.schedule import Schedule
 
 __all__ = ["validate", "is_valid", "RULES"]
@@ -74,6 +75,7 @@ def validate(schedule: Schedule) -> None:
         if not _complete(schedule):
             _check_each_action(schedule)  # raises the first broken rule, in program order
         _check_dependencies(schedule)
+    check_offload(schedule)  # the offload pairs (ir/offload.py)
 
 
 def _complete(schedule: Schedule) -> bool:

@@ -48,6 +48,7 @@ from pipeblocks.ir.lowering import Comm, CommOp, LoweredSchedule, Payload, Trans
 from pipeblocks.ir.schedule import Schedule
 from pipeblocks.ir.validate import validate
 from pipeblocks.runtime.faults import Guard, RankFailure, pass_failure
+from pipeblocks.runtime.offload import Move, pooled_bytes, run_move, with_moves
 from pipeblocks.runtime.p2p import P2P, Post, Wire, agree_shapes, tag_of
 from pipeblocks.runtime.recompute import kept_bytes, rebuilt, stage_class
 from pipeblocks.runtime.stage import LossFn, Stage, shared_parameters
@@ -123,8 +124,8 @@ class Executor:
             raise SpecError("a schedule over several ranks needs torch.distributed initialised")
         validate(schedule)
         self.reducer = reducer  # data parallel (runtime/hybrid.py): its ops join the program
-        self.lowered: LoweredSchedule = lower(schedule) if reducer is None else (
-            with_data_parallel(lower(schedule), DPMode(getattr(reducer, "mode", "ddp"))))
+        self.lowered: LoweredSchedule = with_moves(lower(schedule) if reducer is None else (
+            with_data_parallel(lower(schedule), DPMode(getattr(reducer, "mode", "ddp")))))
         self.program = self.lowered.programs[rank]
         uses_b = {a.stage for a in schedule.programs[rank] if a.kind is Pass.B}
         modules = {s: m for s, m in stages.items() if isinstance(m, nn.Module)}
@@ -267,6 +268,8 @@ class Executor:
                     continue
                 elif isinstance(op, Collective):  # a Collective's kind is never a Pass
                     self.reducer.run(op)
+                elif isinstance(op, Move):  # offload / reload: runtime/offload.py
+                    run_move(self, st, op)
                 elif op.kind is Pass.W:
                     self._weight(st, op)
                 else:
@@ -295,7 +298,8 @@ class Executor:
         elif self.measure_memory:
             with _saved_bytes(self._param_ptrs) as counter:
                 out = runner.forward(j, x, st.targets[j], st.scale, side=st.side[j])
-            st.held[(s, j)] = counter[0] = counter[0] + kept_bytes(runner, j)  # + recompute input
+            counter[0] += kept_bytes(runner, j) + pooled_bytes(runner, j)  # recompute, offload
+            st.held[(s, j)] = counter[0]
             st.live += counter[0]
             st.peak = max(st.peak, st.live)
         else:

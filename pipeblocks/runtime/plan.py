@@ -72,6 +72,7 @@ class TrainOptions:
     dp: int = 1  # data-parallel replicas of the pipeline (DDP-style), docs/hybrid.md
     emulate_bandwidth: float = 1e8  # bytes/s of an emulated reduction's links (--dp)
     tp: int = 1  # tensor-parallel degree of each stage (runtime/tensor_parallel.py)
+    emulate_link: float | None = None  # GB/s of the emulated host link (offload)
     dp_mode: str = "ddp"  # or "fsdp": FSDP2 fully_shard per stage (runtime/fsdp.py)
     reshard_after_forward: bool = True  # FSDP2's option
     fill: str | None = None  # runtime.fill_train.FILL_KINDS: work in the gaps (docs/fill.md)

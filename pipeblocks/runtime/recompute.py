@@ -121,8 +121,12 @@ def _needing_grad(out: Any) -> Any:
 
 
 def stage_class(schedule: Schedule, stage: int) -> type[Stage]:
-    """The runner class the executor builds for ``stage`` of ``schedule``."""
-    return RecomputeStage if stage in schedule.recompute else Stage
+    """The runner class the executor builds for ``stage`` of ``schedule`` (offload:
+    :mod:`pipeblocks.runtime.offload`)."""
+    from pipeblocks.runtime.offload import offload_class
+
+    return RecomputeStage if stage in schedule.recompute else (
+        offload_class(schedule, stage) or Stage)
 
 
 def _storages(x: Any) -> dict[int, int]:

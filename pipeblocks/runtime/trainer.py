@@ -30,7 +30,6 @@ from torch import nn
 from pipeblocks.errors import PipeblocksError, SpecError
 from pipeblocks.ir.hybrid import Mesh
 from pipeblocks.runtime import checkpoint, fill_train
-from pipeblocks.runtime.emulate import EmulatedStage
 from pipeblocks.runtime.emulate_fsdp import emulated_fsdp, simulated_fsdp_ms
 from pipeblocks.runtime.executor import Executor
 from pipeblocks.runtime.faults import Guard, RankFailure, post_fault, store_client, write_error
@@ -51,6 +50,7 @@ from pipeblocks.runtime.hybrid import (
     grad_bytes,
     mesh_groups,
 )
+from pipeblocks.runtime.offload import emulated_class, emulated_schedule, set_link
 from pipeblocks.runtime.p2p import one_way_ms
 from pipeblocks.runtime.plan import DATA_OPTIONS, ModelSource, TrainOptions, TrainPlan
 from pipeblocks.runtime.split import layers_of, split
@@ -238,8 +238,9 @@ def _executor(plan: TrainPlan, mine: dict[int, nn.Module], device: torch.device,
     if opts.emulate_ms is not None:
         shape = plan.model.activation_shape(opts.microbatch_size)
         runners: dict[int, Any] = {
-            s: EmulatedStage(s, spec.num_stages, opts.emulate_ms, shape, device=device)
-            for s in mine}
+            s: emulated_class(plan.schedule, s)(s, spec.num_stages, opts.emulate_ms, shape,
+                                                device=device) for s in mine}
+        set_link(runners, opts.emulate_link)  # offload: runtime/offload.py
         if groups is not None and opts.dp_mode == "fsdp":  # runtime/emulate_fsdp.py
             mesh["reducer"], runners = emulated_fsdp(  # type: ignore[assignment]
                 plan.schedule, mine, opts.emulate_ms, shape, device, dp=groups.mesh.dp,
@@ -255,6 +256,7 @@ def _executor(plan: TrainPlan, mine: dict[int, nn.Module], device: torch.device,
         ex = Executor(plan.schedule, mine, plan.model.loss, opt, guard=guard, device=device,
                       measure_memory=opts.memory,
                       count_tokens=getattr(plan.model, "count_tokens", None), **mesh)
+    set_link(ex.runners, opts.emulate_link)
     return ex, opt
 
 
@@ -394,7 +396,7 @@ def _emulation(plan: TrainPlan, median_ms: float, comm: float) -> dict[str, Any]
     # UniformCosts times are per rank and divided by v per stage: pass x * v so that every
     # stage pass takes x ms, as the emulated stages sleep
     costs = UniformCosts(f=x * v, b=x * v, w=x * v, comm=comm)
-    makespan = simulate(plan.schedule, costs).makespan
+    makespan = simulate(emulated_schedule(plan), costs).makespan  # offload: its emulated link
     if plan.options.dp > 1:  # with each stage's all-reduce (what the EmulatedReducer sleeps)
         spec = plan.schedule.spec
         parts = split(plan.model.build(), spec.num_stages, plan.layout)

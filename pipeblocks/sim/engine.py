@@ -17,6 +17,7 @@ Memory (docs/design.md, "Memory accounting"): F allocates ``mem_f`` at its start
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from pipeblocks.ir.deps import Timing, walk
 from pipeblocks.ir.schedule import Schedule
 from pipeblocks.ir.validate import validate as validate_schedule
 from pipeblocks.sim.costs import UNIT, CostModel, memory_unit
+from pipeblocks.sim.offload import MoveSpan, run_offload
 from pipeblocks.sim.recompute import rebuild_memory, recompute_tables
 from pipeblocks.sim.tables import Tables, tables
 
@@ -63,6 +65,8 @@ class Simulation:
       (:func:`pipeblocks.sim.costs.one_f_one_b_peak`); the sum of mem_f over the stages
       (the whole model's activation for one microbatch) when memory is uniform.
     - ``memory_unit``: what ``peak_memory`` counts ("stage-activations" or "bytes").
+    - ``moves[r]``, ``host_memory[r]``, ``host_peak[r]``: with offload (:mod:`pipeblocks.sim.
+      offload`), rank r's copies on its host link and its host memory; empty without.
     """
 
     schedule: Schedule
@@ -79,6 +83,9 @@ class Simulation:
     reference_peak: float = 0.0
     memory_unit: str = "stage-activations"
     stage_activation: float = 1.0
+    moves: tuple[tuple[MoveSpan, ...], ...] = ()
+    host_memory: tuple[tuple[tuple[float, float], ...], ...] = ()
+    host_peak: tuple[float, ...] = ()
     _spans: tuple[tuple[Span, ...], ...] | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -149,6 +156,13 @@ def simulate(
 
 def _simulate(schedule: Schedule, costs: CostModel) -> Simulation:
     tab = recompute_tables(tables(schedule.spec, costs), schedule)
+    if schedule.offload is not None:  # copies on the host link: sim/offload.py
+        run = run_offload(schedule, costs, tab)
+        sim = _measure(schedule, costs, tab, run.starts, run.ends)
+        return dataclasses.replace(
+            sim, memory=run.memory, peak_memory=run.peaks, moves=run.moves,
+            host_memory=run.host, host_peak=run.host_peaks,
+            peak_fraction=max(run.peaks) / sim.reference_peak if sim.reference_peak else 0.0)
     timing = Timing((tab.f, tab.b, tab.w, tab.bw), tab.comm_act, tab.comm_grad)
     blocked = walk(schedule, timing=timing)
     if blocked:

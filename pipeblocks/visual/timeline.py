@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from pipeblocks.errors import SpecError
 from pipeblocks.ir.actions import Pass
+from pipeblocks.ir.offload import offload_label
 from pipeblocks.ir.recompute import recompute_label
 from pipeblocks.sim.engine import Simulation
 from pipeblocks.visual.figure import (
@@ -38,6 +39,7 @@ from pipeblocks.visual.figure import (
     stack,
 )
 from pipeblocks.visual.memory import draw_recompute, recompute_handle
+from pipeblocks.visual.offload import draw_host_memory, draw_moves, move_handles
 from pipeblocks.visual.palette import BUDGET, IDLE, color, kind_label, text_color
 
 if TYPE_CHECKING:
@@ -133,6 +135,7 @@ def _draw_rows(ax: Axes, fig: Figure, rect: tuple[float, float, float, float],
             ax.broken_barh(bars, (rank - half, _BOX), facecolors=color(kind, chunk, v),
                            edgecolors="white", linewidth=edge)
     draw_recompute(ax, sim, half, _BOX)  # nothing unless the schedule recomputes
+    draw_moves(ax, sim, half)  # nothing unless it offloads (visual/offload.py)
     ax.set_ylim(p - 0.5, -0.5)
     ax.set_yticks(range(p), [f"rank {r}" for r in range(p)], fontsize=8)
     ax.tick_params(axis="y", length=0)
@@ -162,6 +165,7 @@ def _title(sim: Simulation) -> str:
         f"bubble {sim.bubble_rate:.1%} (paper metric), {sim.bubble_rate_global:.1%} global   "
         f"peak {sim.peak_fraction:.2f}× 1F1B   makespan {sim.makespan:g}"
         + (f"   {recompute_label(sim.schedule)}" if sim.schedule.recompute else "")
+        + (f"\n{offload_label(sim.schedule)}" if sim.schedule.offload else "")
     )
 
 
@@ -182,11 +186,12 @@ def timeline_figure(sim: Simulation, *, memory_fraction: float | None = None,
     handles = _kind_handles(keys, spec.stages_per_rank)
     if sim.schedule.recompute:
         handles.append(recompute_handle())
+    handles += move_handles() if sim.moves else []
     fig = new_figure(_width_in([sim], xmax, width), 1.0)
     top_h = max(p * _ROW, len(handles) * _LEGEND_ROW)
     mem_h = max(_MEMORY, min(p + 1, 10) * _LEGEND_ROW)
-    rects = stack(fig, [top_h, mem_h], gap=0.12, top=_TOP, bottom=_BOTTOM, left=_LEFT,
-                  right=_RIGHT)
+    rects = stack(fig, [top_h, mem_h] + [mem_h] * bool(sim.host_memory), gap=0.12, top=_TOP,
+                  bottom=_BOTTOM, left=_LEFT, right=_RIGHT)
     ax = fig.add_axes(rects[0])
     ax_mem = fig.add_axes(rects[1], sharex=ax)
     ax.set_xlim(0, xmax)
@@ -195,6 +200,11 @@ def timeline_figure(sim: Simulation, *, memory_fraction: float | None = None,
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
               frameon=False, borderaxespad=0.0)
     _draw_memory(ax_mem, sim, xmax, memory_fraction)
+    if sim.host_memory:  # offload: host memory under device memory
+        ax_mem.tick_params(axis="x", labelbottom=False)
+        ax_mem.set_xlabel("")
+        draw_host_memory(fig.add_axes(rects[2], sharex=ax), sim, xmax, memory_scale(sim)[0],
+                         _rank_colors(p))
     return fig
 
 

@@ -7,6 +7,8 @@ import torch
 
 import pipeblocks as pb
 from pipeblocks.ir.actions import Pass
+from pipeblocks.ir.moves import OffloadLink
+from pipeblocks.ir.offload import with_offload
 from pipeblocks.ir.recompute import with_recompute
 from pipeblocks.ir.spec import PipelineSpec
 from pipeblocks.models.gpt import GPTConfig, TinyGPT, lm_loss, synthetic_batch
@@ -63,13 +65,16 @@ def _calibrate(num_stages: int) -> _Measured:
 
 
 @pytest.mark.parametrize("name", ["gpipe", "1f1b", "zb-h1", "v-half", "zb-v", "v-min"])
-@pytest.mark.parametrize("which", ["none", "all", "first"])
+@pytest.mark.parametrize("which", ["none", "all", "first", "offload"])
 def test_measured_peak_matches_simulated_within_5_percent(name: str, which: str) -> None:
     """The executor's measured peak (measure_memory) is within 5% of the simulated peak under
-    the measured per-stage memory, with no, full and first-stage-only recomputation."""
+    the measured per-stage memory, with no, full and first-stage-only recomputation, and with
+    every eligible pair offloaded (an instant link: the copies end with their op)."""
     plain = pb.generate(name, 1, M)
-    chosen = {"none": [], "all": None, "first": [0]}[which]
+    chosen = {"none": [], "all": None, "first": [0], "offload": []}[which]
     schedule = plain if chosen == [] else with_recompute(plain, chosen)
+    if which == "offload":
+        schedule = with_offload(plain, link=OffloadLink())
     S = schedule.spec.num_stages
     costs = _calibrate(S)
     tokens, targets = synthetic_batch(CFG, M * MBS, seed=1)
@@ -80,6 +85,8 @@ def test_measured_peak_matches_simulated_within_5_percent(name: str, which: str)
     plain_peak = pb.simulate(plain, costs).peak_memory[0]
     if which == "all" and plain_peak > 2 * max(costs.mem_f):  # several microbatches held
         assert measured < 0.75 * plain_peak
+    if which == "offload":
+        assert simulated <= plain_peak
 
 
 def _calibrate_plan(argv: list[str]) -> tuple[object, _Measured]:
@@ -108,11 +115,12 @@ def _calibrate_plan(argv: list[str]) -> tuple[object, _Measured]:
 @pytest.mark.distributed
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["1f1b", "v-half"])
-@pytest.mark.parametrize("recompute", [[], ["--recompute", "all"]])
+@pytest.mark.parametrize("recompute", [[], ["--recompute", "all"], ["--offload", "all"]],
+                         ids=["plain", "recompute", "offload"])
 def test_four_ranks_small_gpt_within_5_percent(name: str, recompute: list[str]) -> None:
     """`pipeblocks train --memory` on 4 gloo ranks: every rank's measured peak is within 5% of
-    the simulated one (per-stage memory measured in this process), with and without
-    recomputation."""
+    the simulated one (per-stage memory measured in this process), with neither, with
+    recomputation and with offload (every eligible pair, an instant link)."""
     import json
     import subprocess
     import sys

@@ -183,3 +183,31 @@ def test_many_ranks_keep_a_short_memory_legend() -> None:
     texts = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
     assert [t.split(":")[0] for t in texts] == [f"rank {r}" for r in (0, 3, 6, 9, 12, 15)]
     assert texts[0] == "rank 0: peak 1.00" and texts[-1] == "rank 15: peak 0.06"
+
+
+def test_offload_draws_its_copies_and_a_host_memory_panel() -> None:
+    """With offload the timeline has one bar per copy under the rows (at the simulated times,
+    in the offload and reload colours) and a third panel with each rank's host memory."""
+    from pipeblocks.ir.moves import OffloadLink
+    from pipeblocks.ir.offload import with_offload
+    from pipeblocks.visual.offload import OFFLOAD_COLOR, RELOAD_COLOR
+
+    sim = simulate(with_offload(generate("1f1b", 4, 8), link=OffloadLink(1.5)))
+    fig = timeline_figure(sim)
+    assert len(fig.axes) == 3
+    top, host = fig.axes[0], fig.axes[2]
+    drawn = set()
+    for coll in top.collections:
+        face = tuple(round(c, 3) for c in coll.get_facecolor()[0][:3])
+        for path in coll.get_paths():
+            x0 = round(float(path.vertices[:, 0].min()), 6)
+            drawn.add((face, x0))
+    from matplotlib.colors import to_rgb
+
+    for rank_moves in sim.moves:
+        for mv in rank_moves:
+            col = OFFLOAD_COLOR if mv.move.kind.value == "offload" else RELOAD_COLOR
+            assert (tuple(round(c, 3) for c in to_rgb(col)), round(mv.start, 6)) in drawn
+    assert len(host.lines) == 4 and max(max(ln.get_ydata()) for ln in host.lines) > 0
+    plain = timeline_figure(simulate(generate("1f1b", 4, 8)))
+    assert len(plain.axes) == 2

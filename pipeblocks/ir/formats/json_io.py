@@ -38,6 +38,7 @@ in 0..m-1, and each action in the program of the rank its placement gives. Anyth
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -45,6 +46,7 @@ from pipeblocks.errors import FormatError, SpecError
 from pipeblocks.ir.actions import Action, Pass
 from pipeblocks.ir.formats._jsonpos import Path, locate, too_deep
 from pipeblocks.ir.formats._text import MAX_DIGITS, line_col
+from pipeblocks.ir.moves import Offload, OffloadLink
 from pipeblocks.ir.schedule import Schedule
 from pipeblocks.ir.spec import PipelineSpec, Placement
 
@@ -87,6 +89,18 @@ SCHEMA: dict[str, Any] = {
             "description": "stages that keep only their input between F and B (docs/memory.md)",
             "items": {"type": "integer", "minimum": 0},
         },
+        "offload": {
+            "type": "object",
+            "description": "activations moved to host memory after F and back before B "
+                           "(docs/memory.md, Offload): pairs [stage, microbatch] and the link",
+            "properties": {
+                "pairs": {"type": "array", "items": {"type": "array", "items": {
+                    "type": "integer", "minimum": 0}, "minItems": 2, "maxItems": 2}},
+                "link": {"type": "object", "properties": {
+                    "bandwidth": {"type": ["number", "null"]}, "latency": {"type": "number"},
+                    "shared": {"type": "boolean"}}},
+            },
+        },
     },
 }
 _ACTION = re.compile(SCHEMA["properties"]["programs"]["items"]["items"]["pattern"])
@@ -111,9 +125,14 @@ def dumps(schedule: Schedule) -> str:
     programs = ",\n".join(
         "    [" + ", ".join(f'"{a}"' for a in prog) + "]" for prog in schedule.programs
     )
-    lines += ['  "programs": [', programs, "  ]" + ("," if schedule.recompute else "")]
-    if schedule.recompute:  # written only when set: other documents stay as they were
-        lines.append(f'  "recompute": {json.dumps(sorted(schedule.recompute))}')
+    extra = []  # written only when set: other documents stay as they were
+    if schedule.recompute:
+        extra.append(f'  "recompute": {json.dumps(sorted(schedule.recompute))}')
+    if schedule.offload is not None:
+        extra.append(f'  "offload": {json.dumps(offload_doc(schedule.offload))}')
+    lines += ['  "programs": [', programs, "  ]" + ("," if extra else "")]
+    if extra:
+        lines.append(",\n".join(extra))
     lines += ["}", ""]
     return "\n".join(lines)
 
@@ -262,7 +281,41 @@ def _schedule(doc: Any) -> Schedule:
         raise _Invalid(("spec",), f"the spec ({spec.describe()}) needs "
                                   f"{spec.num_stages * spec.num_microbatches} forward passes but "
                                   f"programs hold only {count} actions; is a number corrupt?")
-    return Schedule(spec, programs, name, _recompute(doc.get("recompute", []), spec))
+    return Schedule(spec, programs, name, _recompute(doc.get("recompute", []), spec),
+                    _offload(doc.get("offload")))
+
+
+def offload_doc(off: Offload) -> dict[str, Any]:
+    """The JSON value of ``Schedule.offload``."""
+    link = off.link
+    return {"pairs": [list(p) for p in sorted(off.pairs)],
+            "link": {"bandwidth": None if math.isinf(link.bandwidth) else link.bandwidth,
+                     "latency": link.latency, "shared": link.shared}}
+
+
+def _offload(value: Any) -> Offload | None:
+    """``Schedule.offload`` from its JSON value (the validator checks the pairs' ranges)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("pairs"), list):
+        raise _Invalid(("offload",), f"offload must be an object with pairs, got {_kind(value)}")
+    pairs = []
+    for i, p in enumerate(value["pairs"]):
+        if not (isinstance(p, list) and len(p) == 2 and all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in p)):
+            raise _Invalid(("offload", "pairs", i), f"offload.pairs[{i}] must be [stage, "
+                                                    f"microbatch], got {_kind(p)}")
+        pairs.append((p[0], p[1]))
+    raw = value.get("link", {})
+    if isinstance(raw, dict) and raw.get("bandwidth", 0) is None:  # null: an instant link
+        raw = {**raw, "bandwidth": math.inf}
+    try:
+        link = OffloadLink(**raw) if isinstance(raw, dict) else None
+    except (TypeError, SpecError) as e:
+        raise _Invalid(("offload", "link"), f"offload.link is not possible: {e}") from None
+    if link is None:
+        raise _Invalid(("offload", "link"), f"offload.link must be an object, got {_kind(raw)}")
+    return Offload(frozenset(pairs), link)
 
 
 def _recompute(value: Any, spec: PipelineSpec) -> frozenset[int]:

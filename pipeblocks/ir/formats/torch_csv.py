@@ -80,11 +80,15 @@ _PLAIN_ROW = re.compile(rf"{_N}[FIWB]{_N}(?:,{_N}[FIWB]{_N})*")
 def dumps(schedule: Schedule) -> str:
     """One line per rank, cells joined by commas, PyTorch letters, no empty cells.
 
-    The CSV has no place for the recompute choice: it is dropped with a logged warning (the JSON
-    format keeps it)."""
+    The CSV has no place for the recompute or offload choice: they are dropped with a logged
+    warning (the JSON format keeps them)."""
     if schedule.recompute:
         _log.warning("the torch CSV format has no recompute column: dropped the recompute of "
                      "stages %s; save as JSON to keep it", sorted(schedule.recompute))
+    if schedule.offload is not None:
+        _log.warning("the torch CSV format has no offload column: dropped the offload of %d "
+                     "(stage, microbatch) pairs; save as JSON to keep it",
+                     len(schedule.offload.pairs))
     return "".join(",".join(map(_text, prog)) + "\n" for prog in schedule.programs)
 
 
