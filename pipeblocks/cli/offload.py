@@ -18,7 +18,7 @@ from pipeblocks.sim.costs import CostModel
 from pipeblocks.sim.engine import Simulation
 
 __all__ = ["add_offload_args", "apply_offload", "offload_json", "search_offload",
-           "add_train_offload_args", "OFFLOAD_FLAGS"]
+           "add_train_offload_args", "check_train_offload", "OFFLOAD_FLAGS"]
 
 OFFLOAD_FLAGS = [("offload", "--offload"), ("offload_link", "--offload-link"),
                  ("offload_budget", "--offload-budget"), ("emulate_link", "--emulate-link")]
@@ -107,3 +107,19 @@ def add_train_offload_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--emulate-link", type=float, default=None, metavar="GB/S",
         help="charge each offload copy bytes / (GB/s) on a side thread (docs/memory.md)")
+
+
+def check_train_offload(schedule: Schedule, args: argparse.Namespace) -> None:
+    """Refuse offload where the runtime does not build it, before any process starts: with
+    tensor parallel (saved DTensors) and with FSDP2 (its hooks own the saved parameters)."""
+    from pipeblocks.errors import SpecError
+
+    if not schedule.offload or not schedule.offload.pairs:
+        return
+    if getattr(args, "tp", 1) > 1:
+        raise SpecError(f"--offload with --tp {args.tp} is not built (saved tensors are "
+                        f"DTensor shards); drop --offload or --tp")
+    if getattr(args, "dp_mode", "ddp") == "fsdp" and getattr(args, "dp", 1) > 1:
+        raise SpecError("--offload with --dp-mode fsdp is not built (FSDP2 reshards the "
+                        "parameters the saved tensors point to); use --dp-mode ddp or drop "
+                        "--offload")

@@ -29,7 +29,12 @@ from typing import TYPE_CHECKING, Any
 from pipeblocks.cli.common import one_line_errors, positive_int
 from pipeblocks.cli.fill import add_train_fill_args, draw_train_fill, print_train_fill
 from pipeblocks.cli.memory import add_recompute_arg, apply_recompute
-from pipeblocks.cli.offload import OFFLOAD_FLAGS, add_train_offload_args, apply_offload
+from pipeblocks.cli.offload import (
+    OFFLOAD_FLAGS,
+    add_train_offload_args,
+    apply_offload,
+    check_train_offload,
+)
 from pipeblocks.cli.tensor_parallel import add_tp_arg, check_tp
 from pipeblocks.cli.tinygpt import layout_of, model_config
 from pipeblocks.errors import PipeblocksError, SpecError
@@ -229,6 +234,7 @@ def build_plan(args: argparse.Namespace, world: int | None = None) -> TrainPlan:
     plan = TrainPlan(schedule, source, layout, options,
                      name=schedule.name or str(args.schedule_file))
     check_tp(args, plan)
+    check_train_offload(schedule, args)
     return dataclasses.replace(plan, resume=_check_checkpoint_args(args, plan))
 
 

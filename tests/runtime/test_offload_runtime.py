@@ -124,3 +124,24 @@ def test_emulated_link_overlaps_and_the_backward_waits_for_its_reload() -> None:
     st.backward_input(0, torch.zeros(1000))
     waited = time.perf_counter() - t0
     assert posted < 0.1 and waited >= 0.3
+
+
+def test_offload_with_tensor_parallel_or_fsdp_is_refused_before_any_process() -> None:
+    """Offload is built for plain and DDP-style stages: --tp and --dp-mode fsdp are named."""
+    import argparse
+
+    from pipeblocks.cli.train import add_train_args, build_plan
+    from pipeblocks.errors import SpecError
+
+    def plan(*argv: str):
+        p = argparse.ArgumentParser()
+        add_train_args(p, ranks_required=True)
+        return build_plan(p.parse_args(["--schedule", "1f1b", "--microbatches", "4",
+                                        "--layers", "4", "--dim", "32", "--heads", "4",
+                                        "--offload", "all", *argv]))
+
+    with pytest.raises(SpecError, match="--offload with --tp 2 is not built"):
+        plan("--ranks", "4", "--tp", "2")
+    with pytest.raises(SpecError, match="--offload with --dp-mode fsdp is not built"):
+        plan("--ranks", "4", "--dp", "2", "--dp-mode", "fsdp")
+    assert plan("--ranks", "4", "--dp", "2").schedule.offload is not None  # DDP-style runs
