@@ -14,6 +14,7 @@ Step time is the pipeline's makespan: from the earliest rank's start to the late
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import re
@@ -417,9 +418,17 @@ def _named(model: Any) -> Any:
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
-    """A gradient whole: an FSDP2 shard (a DTensor) gathered over its group (collective)."""
+    """A gradient whole: an FSDP2 shard (a DTensor) gathered over its group (collective).
+    DTensor's note that a 2-D gather takes two all-gathers is silenced: a check, not a hot path."""
     full = getattr(t, "full_tensor", None)
-    return full() if full is not None else t
+    if full is None:
+        return t
+    note = logging.getLogger("torch.distributed.tensor._redistribute")
+    level, note.level = note.level, logging.ERROR
+    try:
+        return full()
+    finally:
+        note.setLevel(level)
 
 
 def _where(guard: Guard | None, what: str) -> None:
