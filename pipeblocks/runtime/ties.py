@@ -162,21 +162,27 @@ def _pipelines(group: Any, num_ranks: int) -> list[tuple[tuple[int, ...], bool]]
 
 def clip_grad_norm(params: Sequence[nn.Parameter], max_norm: float, ties: TiedGrads | None,
                    device: torch.device, p2p: Any) -> float:
-    """The global 2-norm of the gradients (summed over ranks), clipped as torch does. An FSDP2
-    gradient (a DTensor sharded over the dp group) adds its shards' squares over that group;
-    DDP gradients are whole and equal on every dp copy, so each pipeline's sum is the total."""
+    """The global 2-norm of the gradients (summed over ranks), clipped as torch does.
+
+    A DTensor gradient adds its local shard's squares over the group of each mesh dimension it
+    is sharded on (FSDP2's dp, tensor parallel's tp, or both for FSDP2 over a tensor-parallel
+    stage) and counts a replicated dimension once. A plain gradient is whole on this rank: DDP
+    copies are equal over dp and the tp ranks of a stage hold the same one, so, as every rank
+    of a pipeline shares one dp and one tp index, the sum over the pipeline group is the
+    total on every rank."""
     own = [p.grad for p in params if p.grad is not None and (ties is None or ties.counted(p))]
     sq = torch.zeros((), dtype=torch.float64, device=device)
-    shards: dict[Any, torch.Tensor] = {}  # dp group -> squares of the FSDP2 shards held here
+    shards: dict[tuple[Any, ...], torch.Tensor] = {}  # groups summed over -> squares held here
     for g in own:
         part = _local(g).detach().double().pow(2).sum()
-        if any(pl.is_shard() for pl in getattr(g, "placements", ())):
-            group = g.device_mesh.get_group()  # type: ignore[attr-defined]
-            shards[group] = shards.get(group, torch.zeros_like(sq)) + part
+        groups = _shard_groups(g)
+        if groups:
+            shards[groups] = shards.get(groups, torch.zeros_like(sq)) + part
         else:
             sq += part
-    for group, part in shards.items():  # the same stages, so the same groups, across dp
-        dist.all_reduce(part, group=group)
+    for groups, part in shards.items():  # dp and tp peers hold the same stages: same order
+        for group in groups:
+            dist.all_reduce(part, group=group)
         sq += part
     if p2p is not None:
         dist.all_reduce(sq, group=p2p.group)
@@ -187,6 +193,21 @@ def clip_grad_norm(params: Sequence[nn.Parameter], max_norm: float, ties: TiedGr
             if p.grad is not None:
                 p.grad.mul_(coef)
     return total
+
+
+def _shard_groups(g: torch.Tensor) -> tuple[Any, ...]:
+    """The process groups of the mesh dimensions a DTensor gradient is sharded on (none for a
+    plain tensor or a replicated one); a partial gradient (a sum not yet reduced) is refused."""
+    placements = getattr(g, "placements", ())
+    groups = []
+    for dim, pl in enumerate(placements):
+        if pl.is_partial():
+            raise SpecError(f"clip_grad_norm: a gradient is a partial DTensor ({placements}) "
+                            f"on mesh dimension {dim}; reduce it first (redistribute to "
+                            f"Shard or Replicate) before clipping")
+        if not pl.is_replicate():  # Shard, or FSDP2's _StridedShard over a tp shard
+            groups.append(g.device_mesh.get_group(mesh_dim=dim))  # type: ignore[attr-defined]
+    return tuple(groups)
 
 
 def _ties(modules: Mapping[int, nn.Module], declared: Sequence[Sequence[tuple[int, str]]] | None
