@@ -48,6 +48,7 @@ from pipeblocks.ir.lowering import Comm, CommOp, LoweredSchedule, Payload, Trans
 from pipeblocks.ir.schedule import Schedule
 from pipeblocks.ir.validate import validate
 from pipeblocks.runtime.faults import Guard, RankFailure, pass_failure
+from pipeblocks.runtime.hybrid import dp_tokens
 from pipeblocks.runtime.offload import Move, pooled_bytes, run_move, with_moves
 from pipeblocks.runtime.p2p import P2P, Post, Wire, agree_shapes, tag_of
 from pipeblocks.runtime.recompute import kept_bytes, rebuilt, stage_class
@@ -232,14 +233,14 @@ class Executor:
         if self.count_tokens is not None and last in self.runners:
             for j, t in enumerate(tgts):
                 st.counts[j] = int(self.count_tokens(t))
-            st.scale = 1.0 / max(1, sum(st.counts.values()))
+            st.tokens = dp_tokens(self.reducer, sum(st.counts.values()), self.device)
+            st.scale = 1.0 / st.tokens
         return st
 
     def _result(self, st: _StepState, losses: tuple[float, ...] | None) -> StepResult:
         weights: tuple[float, ...] = ()
         if losses is not None and st.counts:
-            total = max(1, sum(st.counts.values()))
-            weights = tuple(st.counts[j] / total for j in range(len(losses)))
+            weights = tuple(st.counts[j] / st.tokens for j in range(len(losses)))
             losses = tuple(x / max(1, st.counts[j]) for j, x in enumerate(losses))
         return StepResult(self.rank, losses, st.start, time.perf_counter(), st.peak,
                           tuple(st.trace), weights)

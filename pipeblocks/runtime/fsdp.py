@@ -25,8 +25,28 @@ from typing import Any
 from torch import nn
 
 from pipeblocks.ir.hybrid import Collective, CollectiveKind
+from pipeblocks.runtime.tree import call, wanted_side
 
-__all__ = ["FSDPReducer", "dp_mesh"]
+__all__ = ["FSDPReducer", "dp_mesh", "SideSequential"]
+
+
+class SideSequential(nn.Sequential):
+    """A stage's layers in order, each given the side inputs its forward names.
+
+    A plain ``nn.Sequential`` stage runs its layers one by one, so each layer gets its own
+    side inputs (``position_ids``, masks); FSDP2 puts its hooks on the container, which is then
+    called whole, and a stock ``Sequential.forward`` takes no side inputs. The stage's class is
+    swapped for this one before ``fully_shard``: the same layers, the same calls, the same
+    parameter names."""
+
+    def forward(self, x: Any, **side: Any) -> Any:  # type: ignore[override]
+        for layer in self:
+            x = call(layer, x, side, wanted_side(layer, list(side)))
+        return x
+
+    def side_children(self) -> list[nn.Module]:
+        """The layers whose side inputs this container asks for (runtime.tree.wanted_side)."""
+        return list(self)
 
 
 class FSDPReducer:
@@ -39,8 +59,11 @@ class FSDPReducer:
         from torch.distributed.fsdp import fully_shard
 
         self._state = fully_shard.state
+        self.group, self.size = mesh.get_group(), mesh.size()  # the dp group (token counts)
         self.modules: dict[int, Any] = {}
         for s, m in modules.items():
+            if type(m) is nn.Sequential:  # its layers keep their side inputs
+                m.__class__ = SideSequential
             fully_shard(m, mesh=mesh, reshard_after_forward=reshard_after_forward)
             m.set_requires_gradient_sync(False)  # type: ignore[operator]
             self.modules[s] = m

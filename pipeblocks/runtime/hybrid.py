@@ -91,6 +91,19 @@ def dp_slice(batch: torch.Tensor | Any, d: int, dp: int) -> Any:
     return batch
 
 
+def dp_tokens(reducer: Any, count: int, device: Any = None) -> float:
+    """What a replica divides its token-sum loss by so that the dp group's gradient average is
+    the global batch's token mean: the group's total count over its size (``count`` itself
+    without data parallel). Replicas' slices can hold different token counts (padding), so the
+    local count alone would weight a token by its replica's count. A collective of the group."""
+    group, size = getattr(reducer, "group", None), getattr(reducer, "size", 1)
+    if group is None or size == 1:
+        return float(max(1, count))
+    total = torch.tensor([float(count)], dtype=torch.float64, device=device)
+    dist.all_reduce(total, group=group)
+    return max(1.0, float(total)) / size
+
+
 class GradReducer:
     """DDP-style data parallel: average each stage's gradients over the dp group, one
     asynchronous all-reduce per stage, started at its ``REDUCE_GRAD`` op."""

@@ -42,6 +42,8 @@ class StepResult:
     peak_activation_bytes: int = 0
     trace: tuple[tuple[str, float, float, float], ...] = ()
     weights: tuple[float, ...] = ()  # token mean: each microbatch's share of the tokens
+    # (with data parallel, of the dp group's tokens over dp: the replicas' losses average
+    # to the global batch's token mean)
 
     @property
     def seconds(self) -> float:
@@ -72,6 +74,7 @@ class _StepState:
     outbox: dict[Transfer, list[torch.Tensor]] = field(default_factory=dict)  # to send
     local: dict[tuple[Payload, int, int], Any] = field(default_factory=dict)  # V turn
     counts: dict[int, int] = field(default_factory=dict)  # token counts (token mean)
+    tokens: float = 1.0  # what the token sums are divided by (hybrid.dp_tokens)
     evaluate: bool = False  # forward only, nothing kept
     batch: list[tuple[Comm, list[Post]]] = field(default_factory=list)  # queued, not posted
     sends: list[tuple[Any, Comm, torch.Tensor]] = field(default_factory=list)  # in flight

@@ -83,11 +83,16 @@ def _unflatten(spec: Structure, it: Any) -> Any:
 
 
 def wanted_side(module: nn.Module, available: Sequence[str]) -> tuple[str, ...]:
-    """The side inputs ``module`` asks for: its ``side_inputs`` attribute if it has one, else
-    the names among ``available`` that are parameters of its ``forward`` (not ``**kwargs``)."""
+    """The side inputs ``module`` asks for: its ``side_inputs`` attribute if it has one, those of
+    its ``side_children()`` if it has them, else the names among ``available`` that are
+    parameters of its ``forward`` (not ``**kwargs``)."""
     declared = getattr(module, "side_inputs", None)
     if declared is not None:
         return tuple(declared)
+    children = getattr(module, "side_children", None)
+    if callable(children):  # a container that hands each layer its own (runtime.fsdp)
+        wanted = {n for c in children() for n in wanted_side(c, available)}
+        return tuple(n for n in available if n in wanted)
     try:
         params = inspect.signature(module.forward).parameters
     except (TypeError, ValueError):
