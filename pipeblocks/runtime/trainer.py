@@ -377,6 +377,10 @@ def check_against_reference(plan: TrainPlan, grads: dict[str, torch.Tensor],
         ref_loss = ref_loss[0] / ref_loss[1]
     ref_loss.backward()
     want = {n: p.grad for n, p in _named(ref) if p.grad is not None}
+    first = {id(p): n for n, p in _named(ref)}  # a tied weight by its first name, as above
+    whole = ref if isinstance(ref, nn.Module) else nn.ModuleList(ref)
+    alias = {n: first[id(p)] for n, p in whole.named_parameters(remove_duplicate=False)}
+    grads = {alias.get(n, n): g for n, g in grads.items()}  # FSDP2 unties the rank's copies
     if set(want) != set(grads):
         missing = sorted(set(want) ^ set(grads))[:3]
         raise PipeblocksError(f"--check-grads: the pipeline and the reference differ in which "

@@ -3,7 +3,7 @@
 Two things the small GPT cannot show: the replicas' slices hold different token counts (the
 helper's batches are padded), so the token mean must be over the global batch, not averaged
 per replica; and the layers take side inputs (``position_ids``, the padding mask), which a stage
-FSDP2 wraps whole must still hand to each layer.
+FSDP2 wraps whole must still hand to each layer; and a tied weight (GPT-2) under FSDP2.
 """
 
 from __future__ import annotations
@@ -20,10 +20,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.distributed
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_llama_dp2_pp2_matches_the_whole_model_on_the_global_batch(mode: str) -> None:
+@pytest.mark.parametrize(("model", "mode"), [("hf_llama", "ddp"), ("hf_llama", "fsdp"),
+                                           ("hf_gpt2", "fsdp")])
+def test_hf_dp2_pp2_matches_the_whole_model_on_the_global_batch(model: str, mode: str) -> None:
+    """GPT-2 ties its head to the embedding: under FSDP2 the two ranks' copies are separate
+    parameters, checked by the reference's names."""
     pytest.importorskip("transformers")
-    argv = ["--model", "examples/hf_llama.py:build", "--schedule", "1f1b", "--ranks", "4",
+    argv = ["--model", f"examples/{model}.py:build", "--schedule", "1f1b", "--ranks", "4",
             "--dp", "2", "--dp-mode", mode, "--microbatches", "4", "--microbatch-size", "2",
             "--steps", "2", "--check-grads", "--json", "--timeout", "120"]
     res = subprocess.run([sys.executable, "-m", "pipeblocks", "train", *argv], cwd=ROOT,
